@@ -1,0 +1,93 @@
+"""The ``stimage-sd`` command line.
+
+A thin layer over the same functions that notebooks call. Each subcommand lives in its
+own private module and registers itself on :data:`app`. Errors on bad input are printed
+as one clear message, without a traceback, with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+import typer
+
+from .._errors import StimageError
+from .._logging import set_progress
+
+app = typer.Typer(
+    name="stimage-sd",
+    help=(
+        "Turn STimage-1K4M slides into SpatialData Zarr stores and analyse them.\n\n"
+        "Typical use: 'stimage-sd demo' for a first look; 'stimage-sd convert ROOT OUT' "
+        "on a local copy of the release."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; warnings and errors only."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    """Configure logging and progress bars for every subcommand."""
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
+    _configure_logging(level)
+    if quiet:
+        set_progress(False)
+
+
+def _configure_logging(level: int) -> None:
+    from rich.logging import RichHandler
+
+    log = logging.getLogger("stimage_sd")
+    log.handlers.clear()
+    handler = RichHandler(
+        console=_stderr_console(), show_time=False, show_path=False, rich_tracebacks=False
+    )
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+# register subcommands (each module adds its commands to ``app``)
+from . import _convert  # noqa: E402, F401
+
+for _mod in ("_catalog", "_analyze", "_patches", "_validate", "_view"):
+    try:
+        __import__(f"{__name__}.{_mod}")
+    except ModuleNotFoundError as _e:  # pragma: no cover - module not written yet
+        if _e.name != f"{__name__}.{_mod}":
+            raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad input gives a one-line error and exit status 1, never a traceback."""
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="stimage-sd")
+    except StimageError as e:
+        _stderr_console().print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        return 1
+    except click.exceptions.Abort:
+        _stderr_console().print("aborted")
+        return 130
+    except click.exceptions.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return rv if isinstance(rv, int) else 0

@@ -1,0 +1,367 @@
+"""Building the SpatialData object of one slide (the data contract of DESIGN.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from .._constants import (
+    GEOMETRY,
+    IMAGE_KEY,
+    INSTANCE_KEY,
+    MICRON_CS,
+    PIXEL_CS,
+    REGION_KEY,
+    SHAPES_KEY,
+    TABLE_KEY,
+    UNS_KEY,
+)
+from .._errors import FormatError
+from .._logging import logger
+from ._annotation import read_annotation
+from ._coords import read_coords
+from ._counts import read_counts
+from ._image import DEFAULT_MAX_PIXELS, read_image
+from ._layout import SlideFiles, find_metadata, find_slide
+from ._scale import PixelSize, estimate_pixel_size
+
+__all__ = ["build_sdata", "pyramid_levels", "read_slide"]
+
+#: Pyramid levels are added until the smallest side is at most this many pixels.
+PYRAMID_MIN_SIDE = 1000
+IMAGE_CHUNK = 1024
+_MAX_IDS_RECORDED = 1000
+
+
+def pyramid_levels(height: int, width: int, min_side: int = PYRAMID_MIN_SIDE) -> int:
+    """Number of 2x downsamplings until the smallest side is at most ``min_side``."""
+    side, n = min(height, width), 0
+    while side > min_side:
+        side = math.ceil(side / 2)
+        n += 1
+    return n
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _metadata_row(root: Path, slide: str) -> dict[str, Any]:
+    meta_path = find_metadata(root)
+    if meta_path is None:
+        return {}
+    from ._metadata import read_metadata
+
+    table = read_metadata(meta_path)
+    if slide not in table.index:
+        return {}
+    row = table.loc[slide]
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if pd.isna(v):
+            continue
+        out[str(k)] = v.item() if hasattr(v, "item") else v
+    return out
+
+
+def _transformations(um_per_px: float) -> dict[str, Any]:
+    from spatialdata.transformations import Identity, Scale
+
+    tf: dict[str, Any] = {PIXEL_CS: Identity()}
+    if np.isfinite(um_per_px) and um_per_px > 0:
+        tf[MICRON_CS] = Scale([um_per_px, um_per_px], axes=("y", "x"))
+    return tf
+
+
+def _shapes(xy: np.ndarray, radius: float, shape: str, tf: dict[str, Any]):
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+
+    index = np.arange(len(xy))
+    if shape == "circle":
+        return ShapesModel.parse(xy, geometry=0, radius=np.full(len(xy), radius), index=index, transformations=tf)
+    half = radius
+    boxes = shapely.box(xy[:, 0] - half, xy[:, 1] - half, xy[:, 0] + half, xy[:, 1] + half)
+    gdf = gpd.GeoDataFrame(geometry=boxes, index=pd.RangeIndex(len(xy)))
+    return ShapesModel.parse(gdf, transformations=tf)
+
+
+def build_sdata(
+    *,
+    slide: str,
+    tech: str,
+    coords: pd.DataFrame,
+    counts: Any,
+    image: Any | None,
+    labels: pd.Series | None = None,
+    label_column: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    shape: str | None = None,
+    counts_path: str = "counts",
+    annotation_path: str | None = None,
+) -> Any:
+    """Assemble the SpatialData object of one slide from parsed parts.
+
+    See :func:`read_slide` for the elements and keys produced.
+    """
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel, TableModel
+
+    geom = GEOMETRY[tech]
+    shape = shape or geom.shape
+    if shape not in ("circle", "square"):
+        raise ValueError(f"shape must be 'circle' or 'square', got {shape!r}")
+
+    # --- join coord and count rows on spot id (coord-file order) -------------------
+    count_ids = pd.Index(counts.spot_ids)
+    if count_ids.has_duplicates:
+        dup = count_ids[count_ids.duplicated()][0]
+        line = int(np.flatnonzero(count_ids == dup)[1]) + 2
+        raise FormatError(counts_path, "duplicated spot id", line=line, spot=str(dup))
+    common_mask = coords.index.isin(count_ids)
+    coord_only = coords.index[~common_mask]
+    counts_only = count_ids[~count_ids.isin(coords.index)]
+    if not common_mask.any():
+        raise FormatError(
+            counts_path,
+            f"no spot id in common with the coordinate file ({len(coords)} coord spots, "
+            f"{len(count_ids)} count rows); first count id {count_ids[0] if len(count_ids) else None!r}, "
+            f"first coord id {coords.index[0]!r}",
+        )
+    dropped: dict[str, Any] = {}
+    for name, ids in (("coord_only", coord_only), ("counts_only", counts_only)):
+        if len(ids):
+            dropped[name] = {"n": len(ids), "ids": [str(i) for i in ids[:_MAX_IDS_RECORDED]]}
+    if dropped:
+        logger.warning(
+            "%s: %d spot(s) only in the coord file and %d only in the count file were dropped",
+            slide, len(coord_only), len(counts_only),
+        )
+    kept = coords[common_mask]
+    rows = count_ids.get_indexer(kept.index)
+    X = counts.X[rows] if not np.array_equal(rows, np.arange(counts.X.shape[0])) else counts.X
+    X.sort_indices()
+
+    xy = kept[["x", "y"]].to_numpy(dtype=np.float64)
+    radius = float(np.median(coords["r"].to_numpy()))
+    scale: PixelSize = estimate_pixel_size(
+        coords[["x", "y"]].to_numpy(), radius, tech, spot_ids=coords.index, source=slide
+    )
+    tf = _transformations(scale.um_per_px)
+
+    # --- table --------------------------------------------------------------------
+    n = len(kept)
+    obs = pd.DataFrame(index=pd.Index(kept.index.astype(str), name=None))
+    obs[REGION_KEY] = pd.Categorical([SHAPES_KEY] * n)
+    obs[INSTANCE_KEY] = np.arange(n, dtype=np.int64)
+    anno_info: dict[str, Any] | None = None
+    if labels is not None:
+        matched = labels.reindex(obs.index)
+        n_matched = int(matched.notna().sum())
+        n_unknown = int((~labels.index.isin(obs.index)).sum())
+        anno_info = {
+            "file": annotation_path,
+            "label_column": label_column,
+            "n_labeled": n_matched,
+            "n_unmatched_ids": n_unknown,
+        }
+        if n_matched == 0:
+            logger.warning(
+                "%s: annotation file %s matches none of the slide's spots (wrong slide?); ignored",
+                slide, annotation_path,
+            )
+            anno_info["ignored"] = True
+        else:
+            if n_unknown:
+                logger.warning("%s: %d annotated spot id(s) are not in the slide", slide, n_unknown)
+            obs["annotation"] = pd.Categorical(matched.astype(object).where(matched.notna(), None))
+    genes = np.asarray(counts.genes, dtype=object).astype(str)
+    var = pd.DataFrame(index=pd.Index(genes.copy()))
+    var["gene_name"] = genes
+    table = ad.AnnData(X=X, obs=obs, var=var)
+    if table.var_names.has_duplicates:
+        table.var_names_make_unique()
+    table.obsm["spatial"] = xy
+
+    meta: dict[str, Any] = {
+        "slide": slide,
+        "tech": tech,
+        **{k: v for k, v in (metadata or {}).items() if k not in ("slide", "tech", "abstract")},
+        "spot_radius_px": radius,
+        "spot_shape": shape,
+        "pixel_size": scale.to_dict(),
+        "um_per_px": scale.um_per_px,
+        "n_spots": n,
+        "n_genes": int(X.shape[1]),
+        "counts_dtype": str(X.dtype),
+        "stimage_sd_version": __version__,
+    }
+    if dropped:
+        meta["dropped_spots"] = dropped
+    if anno_info is not None:
+        meta["annotation"] = anno_info
+    if provenance:
+        meta["source"] = provenance
+
+    # --- image --------------------------------------------------------------------
+    images: dict[str, Any] = {}
+    if image is not None:
+        _, h, w = image.shape
+        meta["image_shape"] = [int(h), int(w)]
+        _check_extent(slide, xy, radius, h, w, scale, meta)
+        images[IMAGE_KEY] = Image2DModel.parse(
+            image,
+            dims=("c", "y", "x"),
+            c_coords=["r", "g", "b"],
+            scale_factors=[2] * pyramid_levels(h, w),
+            chunks={"c": 3, "y": IMAGE_CHUNK, "x": IMAGE_CHUNK},
+            transformations=tf,
+        )
+
+    half_key = "spot_half_side_px"
+    if shape == "square":
+        meta[half_key] = (
+            geom.pitch_um / scale.um_per_px / 2
+            if np.isfinite(scale.um_per_px) and scale.um_per_px > 0
+            else radius
+        )
+    table.uns[UNS_KEY] = _jsonable(meta)
+    table = TableModel.parse(table, region=SHAPES_KEY, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+    # a bin's side is the bin size (the grid pitch), whatever radius the release ships
+    shapes = _shapes(xy, meta.get(half_key, radius), shape, tf)
+    return sd.SpatialData(
+        images=images,
+        shapes={SHAPES_KEY: shapes},
+        tables={TABLE_KEY: table},
+        attrs={UNS_KEY: _jsonable(meta)},
+    )
+
+
+def _check_extent(slide: str, xy: np.ndarray, radius: float, h: int, w: int, scale: PixelSize, meta: dict) -> None:
+    """Count spots whose centre is outside the image; guess a scale factor if coordinates don't fit."""
+    outside = (xy[:, 0] < 0) | (xy[:, 0] >= w) | (xy[:, 1] < 0) | (xy[:, 1] >= h)
+    n_out = int(outside.sum())
+    meta["spots_outside_image"] = n_out
+    if n_out:
+        ext = float(max(xy[:, 0].max() / w, xy[:, 1].max() / h))
+        factor = float(2 ** round(math.log2(ext))) if ext > 1.5 else None
+        hint = (
+            f"; coordinates span {ext:.2f}x the image, which suggests the image is "
+            f"downscaled by ~{ext:.2f} (e.g. a hires image with full-resolution coordinates)"
+            if ext > 1.5
+            else ""
+        )
+        meta["image_scale_mismatch"] = {"coord_extent_over_image": ext, "likely_factor": factor} if ext > 1.5 else None
+        logger.warning("%s: %d of %d spot centres lie outside the %dx%d image%s", slide, n_out, len(xy), w, h, hint)
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy/pandas scalars and containers into JSON-safe Python objects."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_slide(
+    root: str | Path,
+    slide: str,
+    *,
+    tech: str | None = None,
+    image: bool = True,
+    shape: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    checksums: bool = True,
+    progress: bool | None = None,
+) -> Any:
+    """Read one slide of the release into a SpatialData object.
+
+    Parameters
+    ----------
+    root
+        Dataset root in the release layout (``<tech>/image|coord|gene_exp``,
+        ``annotation/``, ``meta/``).
+    slide
+        Slide id, verbatim.
+    tech
+        Technology; taken from the metadata table or the folder when ``None``.
+    image
+        Read the H&E image (``False`` builds shapes and table only).
+    shape
+        ``"circle"`` or ``"square"``; default circles for ST and Visium, squares for
+        VisiumHD bins.
+    max_pixels
+        Decoding ceiling for PNG/JPEG images (see :func:`stimage_sd.io.read_image`).
+    checksums
+        Record SHA-256 checksums of the source files in the provenance.
+    progress
+        Show progress bars (``None``: the global setting).
+
+    Returns
+    -------
+    :class:`spatialdata.SpatialData` with
+
+    - image ``"he"``: uint8 RGB ``(c, y, x)``, multiscale (2x levels until the smallest
+      side is ≤ 1,000 px), chunks 1024²;
+    - shapes ``"spots"``: circles with the release radius (squares of side ``2r`` for
+      VisiumHD), integer index ``0..n-1``;
+    - table ``"table"``: raw counts as CSR (``int32`` if all integral, else ``float32``),
+      ``obs`` indexed by spot id with ``region``, ``spot_id`` and ``annotation``
+      (when annotated), ``var`` indexed by unique gene names with the original names in
+      ``var["gene_name"]``, ``obsm["spatial"]`` pixel centres ``[x, y]``,
+      ``uns["stimage"]`` metadata and provenance;
+    - coordinate systems ``"global"`` (pixels) and ``"micron"`` (when a pixel size could
+      be estimated); ``attrs["stimage"]`` mirrors ``uns["stimage"]``.
+
+    Raises
+    ------
+    SlideNotFoundError
+        If the slide or one of its files is missing.
+    FormatError
+        If a file is malformed (the message names the file and the line, spot or field).
+    """
+    files: SlideFiles = find_slide(root, slide, tech)
+    root = Path(root)
+    logger.info("reading %s (%s)", slide, files.tech)
+    metadata = _metadata_row(root, slide)
+    coords = read_coords(files.coord)
+    counts = read_counts(files.counts, progress=progress)
+    labels = label_column = None
+    if files.annotation is not None:
+        labels, label_column = read_annotation(files.annotation)
+    img = read_image(files.image, max_pixels=max_pixels, chunks=IMAGE_CHUNK) if image else None
+    provenance = {}
+    for part, p in {**files.required(), **({"annotation": files.annotation} if files.annotation else {})}.items():
+        entry: dict[str, Any] = {"file": str(p.relative_to(root)), "size": p.stat().st_size}
+        if checksums:
+            entry["sha256"] = _sha256(p)
+        provenance[part] = entry
+    return build_sdata(
+        slide=slide,
+        tech=files.tech,
+        coords=coords,
+        counts=counts,
+        image=img,
+        labels=labels,
+        label_column=label_column,
+        metadata=metadata,
+        provenance=provenance,
+        shape=shape,
+        counts_path=str(files.counts),
+        annotation_path=str(files.annotation.relative_to(root)) if files.annotation else None,
+    )

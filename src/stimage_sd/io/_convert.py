@@ -1,0 +1,62 @@
+"""Converting slides of a local dataset root into SpatialData Zarr stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .._logging import logger
+from ._build import read_slide
+from ._layout import validate_slide_id
+from ._store import cleanup_partial, is_complete, write
+
+__all__ = ["convert_slide", "store_path"]
+
+
+def store_path(out_dir: str | Path, slide: str) -> Path:
+    """Where :func:`convert_slide` writes a slide: ``<out_dir>/<slide>.zarr``."""
+    validate_slide_id(slide)
+    return Path(out_dir) / f"{slide}.zarr"
+
+
+def convert_slide(
+    root: str | Path,
+    slide: str,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> Path:
+    """Convert one slide into ``<out_dir>/<slide>.zarr``.
+
+    The store is written atomically (temporary sibling, completion marker written last,
+    then renamed into place). A store that is already complete is left as it is unless
+    ``overwrite`` is set; an incomplete one (from an interrupted run) is replaced.
+
+    Parameters
+    ----------
+    root
+        Dataset root in the release layout.
+    slide
+        Slide id, verbatim.
+    out_dir
+        Output folder (created if needed).
+    overwrite
+        Re-convert and replace an existing complete store.
+    **kwargs
+        Passed to :func:`stimage_sd.io.read_slide` (``tech``, ``shape``, ``max_pixels``,
+        ``checksums``, ``progress``, ...).
+
+    Returns
+    -------
+    Path of the store.
+    """
+    dest = store_path(out_dir, slide)
+    cleanup_partial(dest)
+    if is_complete(dest) and not overwrite:
+        logger.info("%s: already converted (%s); skipped", slide, dest)
+        return dest
+    sdata = read_slide(root, slide, **kwargs)
+    write(sdata, dest, overwrite=True)
+    logger.info("%s: written to %s", slide, dest)
+    return dest

@@ -1,0 +1,184 @@
+"""Where a slide's files live in the release layout."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._constants import TECHS
+from .._errors import SlideNotFoundError, StimageError
+
+__all__ = ["SlideFiles", "find_metadata", "find_slide", "list_slides", "validate_slide_id"]
+
+_BAD_ID = re.compile(r"[/\\\x00-\x1f]")
+
+
+def validate_slide_id(slide: str) -> str:
+    """Check that a slide id is safe to use as a file-name component.
+
+    Real ids contain ``+``, ``.`` and ``-`` and are kept verbatim; ids with path
+    separators, control characters (NUL included) or made only of dots are rejected, so
+    that no id read from metadata or the hub can address a file outside its folder.
+
+    Raises
+    ------
+    StimageError
+        If the id is unsafe.
+    """
+    if not isinstance(slide, str) or not slide:
+        raise StimageError(f"invalid slide id {slide!r}: empty")
+    if _BAD_ID.search(slide) or set(slide) == {"."}:
+        raise StimageError(
+            f"invalid slide id {slide!r}: contains a path separator or control character, "
+            "or is made only of dots"
+        )
+    return slide
+
+
+@dataclass(frozen=True)
+class SlideFiles:
+    """Paths of one slide's files in a dataset root.
+
+    Attributes
+    ----------
+    slide
+        The slide id, verbatim.
+    tech
+        ``"ST"``, ``"Visium"`` or ``"VisiumHD"``.
+    root
+        The dataset root.
+    image, coord, counts
+        Paths of ``<tech>/image/<slide>.png``, ``<tech>/coord/<slide>_coord.csv`` and
+        ``<tech>/gene_exp/<slide>_count.csv``.
+    annotation
+        ``annotation/<slide>_anno.csv`` when it exists, else ``None``.
+    """
+
+    slide: str
+    tech: str
+    root: Path
+    image: Path
+    coord: Path
+    counts: Path
+    annotation: Path | None = field(default=None)
+
+    @classmethod
+    def expected(cls, root: str | Path, slide: str, tech: str) -> SlideFiles:
+        """Paths a slide would have, whether or not they exist."""
+        validate_slide_id(slide)
+        root = Path(root)
+        anno = root / "annotation" / f"{slide}_anno.csv"
+        return cls(
+            slide=slide,
+            tech=tech,
+            root=root,
+            image=root / tech / "image" / f"{slide}.png",
+            coord=root / tech / "coord" / f"{slide}_coord.csv",
+            counts=root / tech / "gene_exp" / f"{slide}_count.csv",
+            annotation=anno if anno.is_file() else None,
+        )
+
+    def required(self) -> dict[str, Path]:
+        """The three files every slide must have, by part name."""
+        return {"image": self.image, "coord": self.coord, "counts": self.counts}
+
+    def missing(self) -> list[Path]:
+        """Required files that do not exist."""
+        return [p for p in self.required().values() if not p.is_file()]
+
+    def check(self) -> SlideFiles:
+        """Raise :class:`SlideNotFoundError` naming every missing required file."""
+        missing = self.missing()
+        if missing:
+            names = ", ".join(str(p) for p in missing)
+            raise SlideNotFoundError(f"slide {self.slide!r} ({self.tech}): missing file(s): {names}")
+        return self
+
+    def sizes(self) -> dict[str, int]:
+        """Size in bytes of each existing file, by part name."""
+        parts = dict(self.required())
+        if self.annotation is not None:
+            parts["annotation"] = self.annotation
+        return {k: p.stat().st_size for k, p in parts.items() if p.is_file()}
+
+
+def find_metadata(root: str | Path) -> Path | None:
+    """The metadata table of a dataset root, preferring the newest dated release."""
+    meta = Path(root) / "meta"
+    if not meta.is_dir():
+        return None
+    cands = sorted(meta.glob("meta_all_gene*.csv"))
+    if not cands:
+        return None
+
+    def key(p: Path) -> tuple[int, str]:
+        m = re.search(r"(\d{2})(\d{2})(\d{4})", p.stem)
+        return (int(m.group(3) + m.group(1) + m.group(2)) if m else 0, p.name)
+
+    return max(cands, key=key)
+
+
+def list_slides(root: str | Path) -> dict[str, str]:
+    """Slide ids found on disk (by their coordinate files), mapped to their technology."""
+    out: dict[str, str] = {}
+    root = Path(root)
+    for tech in TECHS:
+        coord_dir = root / tech / "coord"
+        if coord_dir.is_dir():
+            for p in sorted(coord_dir.glob("*_coord.csv")):
+                out[p.name[: -len("_coord.csv")]] = tech
+    return out
+
+
+def find_slide(root: str | Path, slide: str, tech: str | None = None) -> SlideFiles:
+    """Locate one slide's files in a dataset root.
+
+    Parameters
+    ----------
+    root
+        Dataset root in the release layout.
+    slide
+        Slide id, verbatim (``+``, ``.``, ``-`` and typos included).
+    tech
+        Technology; when ``None`` it is taken from the metadata table when the slide is
+        listed there, else from the folder holding its files.
+
+    Returns
+    -------
+    The slide's :class:`SlideFiles`; all three required files exist.
+
+    Raises
+    ------
+    SlideNotFoundError
+        If the slide or one of its files is missing; the message lists close matches.
+    """
+    validate_slide_id(slide)
+    root = Path(root)
+    if not root.is_dir():
+        raise SlideNotFoundError(f"dataset root {root} does not exist or is not a folder")
+    if tech is None:
+        meta = find_metadata(root)
+        if meta is not None:
+            from ._metadata import read_metadata
+
+            table = read_metadata(meta)
+            if slide in table.index:
+                tech = str(table.at[slide, "tech"])
+    if tech is None:
+        for t in TECHS:
+            if any(
+                p.is_file()
+                for p in SlideFiles.expected(root, slide, t).required().values()
+            ):
+                tech = t
+                break
+    if tech is None:
+        known = list(list_slides(root))
+        close = difflib.get_close_matches(slide, known, n=5, cutoff=0.6)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise SlideNotFoundError(f"slide {slide!r} not found under {root}{hint}")
+    if tech not in TECHS:
+        raise StimageError(f"slide {slide!r}: unknown technology {tech!r} (expected one of {TECHS})")
+    return SlideFiles.expected(root, slide, tech).check()

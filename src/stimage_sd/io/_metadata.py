@@ -1,0 +1,131 @@
+"""Reader of the release's metadata table (``meta/meta_all_gene*.csv``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from .._errors import FormatError
+
+__all__ = ["METADATA_COLUMNS", "read_metadata"]
+
+METADATA_COLUMNS = (
+    "slide",
+    "species",
+    "tissue",
+    "pmid",
+    "title",
+    "abstract",
+    "keywords",
+    "involve_cancer",
+    "tech",
+    "spot_num",
+    "gene_num",
+)
+_STR_COLUMNS = ("species", "tissue", "pmid", "title", "abstract", "keywords", "tech")
+
+
+def _sniff_delimiter(path: Path) -> str:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        head = fh.readline()
+    if not head.strip():
+        raise FormatError(path, "empty metadata table (no header)", line=1)
+    return "\t" if head.count("\t") > head.count(",") else ","
+
+
+def read_metadata(path: str | Path) -> pd.DataFrame:
+    """Read the metadata table, whatever its delimiter.
+
+    The current release is comma-separated with every field quoted and abstracts that
+    span several lines; an older one was tab-separated. The delimiter is detected from the
+    header.
+
+    Parameters
+    ----------
+    path
+        Path of ``meta_all_gene*.csv``.
+
+    Returns
+    -------
+    One row per slide, indexed by slide id (``index.name == "slide"``), with typed columns:
+    ``involve_cancer`` boolean, ``spot_num``/``gene_num`` integers, text columns as
+    pandas strings with missing values as ``<NA>``; ``pmid`` stays a string (it may hold
+    several comma-separated ids).
+
+    Raises
+    ------
+    FormatError
+        If a required column is missing, a slide id is duplicated or a typed field does
+        not parse; the message names the file, the line and the field.
+    """
+    path = Path(path)
+    sep = _sniff_delimiter(path)
+    try:
+        df = pd.read_csv(
+            path,
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            quoting=csv.QUOTE_MINIMAL,
+            encoding="utf-8-sig",
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise FormatError(path, f"cannot parse metadata table: {e}") from e
+    missing = [c for c in METADATA_COLUMNS if c not in df.columns]
+    if missing:
+        raise FormatError(path, f"metadata table lacks column(s) {missing}", line=1)
+    # physical line of each record (records may span lines), for error messages
+    lines = _record_lines(path, sep, len(df))
+
+    if df["slide"].isna().any():
+        i = int(df.index[df["slide"].isna()][0])
+        raise FormatError(path, "empty slide id", line=lines[i], column="slide")
+    dup = df["slide"].duplicated()
+    if dup.any():
+        i = int(df.index[dup][0])
+        raise FormatError(path, f"duplicate slide id {df['slide'][i]!r}", line=lines[i], column="slide")
+
+    index = pd.Index(df["slide"].astype(str), name="slide")
+    out = pd.DataFrame(index=index)
+    for c in _STR_COLUMNS:
+        out[c] = pd.array(df[c].to_numpy(), dtype="string")
+    flag = df["involve_cancer"].str.strip().str.lower()
+    bad = ~flag.isin(["true", "false"]) & flag.notna()
+    if bad.any():
+        i = int(df.index[bad][0])
+        raise FormatError(
+            path, f"involve_cancer must be True or False, got {df['involve_cancer'][i]!r}",
+            line=lines[i], column="involve_cancer",
+        )
+    out["involve_cancer"] = pd.array(flag.map({"true": True, "false": False}).to_numpy(), dtype="boolean")
+    for c in ("spot_num", "gene_num"):
+        num = pd.to_numeric(df[c], errors="coerce")
+        # empty fields stay <NA>; only non-numbers and fractions are errors
+        bad = (num.isna() & df[c].notna()) | (num.notna() & ((num % 1) != 0))
+        if bad.any():
+            i = int(df.index[bad][0])
+            raise FormatError(path, f"{c} must be an integer, got {df[c][i]!r}", line=lines[i], column=c)
+        out[c] = pd.array(num.to_numpy(), dtype="Int64")
+    extra = [c for c in df.columns if c not in METADATA_COLUMNS]
+    for c in extra:
+        out[c] = df[c].to_numpy()
+    return out
+
+
+def _record_lines(path: Path, sep: str, n: int) -> list[int]:
+    """1-based physical line on which each data record starts."""
+    starts: list[int] = []
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        text = fh.read()
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    next(reader, None)
+    line = reader.line_num
+    for _ in reader:
+        starts.append(line + 1)
+        line = reader.line_num
+    starts += [0] * (n - len(starts))
+    return starts

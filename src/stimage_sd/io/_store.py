@@ -1,0 +1,151 @@
+"""Writing and reading converted slides: atomic writes and the completion marker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .._constants import UNS_KEY
+from .._errors import IncompleteStoreError, StimageError
+from .._logging import logger
+
+__all__ = ["cleanup_partial", "is_complete", "read", "store_attrs", "write"]
+
+MARKER = "complete"
+_TMP_TAG = ".tmp-"
+_TRASH_TAG = ".trash-"
+
+
+def store_attrs(path: str | Path) -> dict[str, Any]:
+    """The ``stimage`` attributes of a store's root group (empty dict if none)."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:  # not a zarr group at all
+        return {}
+    attrs = group.attrs.asdict()
+    value = attrs.get(UNS_KEY, {})
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def is_complete(path: str | Path) -> bool:
+    """Whether ``path`` is a store whose completion marker is present."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    return bool(store_attrs(path).get(MARKER, False))
+
+
+def _set_marker(path: Path, value: bool) -> None:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = group.attrs.asdict()
+    meta = dict(attrs.get(UNS_KEY, {}))
+    meta[MARKER] = value
+    meta["completed_at"] = datetime.now(UTC).isoformat(timespec="seconds") if value else None
+    group.attrs.update({UNS_KEY: meta})
+
+
+def cleanup_partial(path: str | Path) -> list[Path]:
+    """Remove temporary siblings left next to ``path`` by interrupted writes.
+
+    Returns the paths removed.
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for tag in (_TMP_TAG, _TRASH_TAG):
+        for p in path.parent.glob(f".{path.name}{tag}*"):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    if removed:
+        logger.info("removed %d partial write(s) of %s", len(removed), path.name)
+    return removed
+
+
+def write(sdata: Any, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a SpatialData object atomically, with a completion marker written last.
+
+    The store is written to a temporary sibling (``.<name>.tmp-<id>``); the completion
+    marker (``attrs["stimage"]["complete"]``) is set after every element is on disk;
+    then the folder is renamed into place. A reader therefore never sees a half-written
+    store under ``path``, and a store without the marker is never taken as a result.
+
+    Parameters
+    ----------
+    sdata
+        The :class:`spatialdata.SpatialData` to write.
+    path
+        Destination ``.zarr`` folder.
+    overwrite
+        Replace an existing store at ``path``.
+
+    Returns
+    -------
+    ``path``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise StimageError(f"{path} already exists (use overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP_TAG}{uuid.uuid4().hex[:8]}")
+    attrs = dict(sdata.attrs.get(UNS_KEY, {}))
+    attrs[MARKER] = False
+    sdata.attrs[UNS_KEY] = attrs
+    try:
+        sdata.write(tmp, overwrite=False)
+        _set_marker(tmp, True)
+        if path.exists():
+            trash = path.with_name(f".{path.name}{_TRASH_TAG}{uuid.uuid4().hex[:8]}")
+            os.replace(path, trash)
+            os.replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    sdata.attrs[UNS_KEY][MARKER] = True
+    return path
+
+
+def read(path: str | Path, *, selection: tuple[str, ...] | None = None, check: bool = True) -> Any:
+    """Read a converted slide back.
+
+    Parameters
+    ----------
+    path
+        A ``.zarr`` store written by :func:`stimage_sd.io.convert_slide`.
+    selection
+        Element types to read (``("images", "shapes", "tables")``), as in
+        :func:`spatialdata.read_zarr`.
+    check
+        Refuse a store without the completion marker.
+
+    Returns
+    -------
+    The :class:`spatialdata.SpatialData`.
+
+    Raises
+    ------
+    IncompleteStoreError
+        If the store lacks its completion marker (an interrupted write).
+    """
+    import spatialdata as sd
+
+    path = Path(path)
+    if not path.is_dir():
+        raise StimageError(f"{path}: no such store")
+    if check and not is_complete(path):
+        raise IncompleteStoreError(
+            f"{path}: store has no completion marker (interrupted or foreign write); "
+            "convert the slide again"
+        )
+    return sd.read_zarr(path, selection=selection)
