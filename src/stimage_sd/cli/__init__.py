@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, standalone_mode=False, prog_name="stimage-sd")
     except StimageError as e:
-        _stderr_console().print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        _stderr_console().print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 1
     except click.exceptions.Abort:
         _stderr_console().print("aborted")

@@ -30,6 +30,21 @@ def _results_table(results, title: str):
     return table
 
 
+def _report_failures(results) -> None:
+    """Print one unwrapped line per failed slide on stderr and exit 1 if any failed."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    failed = [r for r in results if r.status == "failed"]
+    if not failed:
+        return
+    err = Console(stderr=True)
+    for r in failed:
+        err.print(f"[bold red]failed:[/] {escape(r.slide)}: {escape(str(r.error))}", soft_wrap=True, highlight=False)
+    err.print(f"{len(failed)} of {len(results)} slide(s) failed", highlight=False)
+    raise typer.Exit(1)
+
+
 @app.command()
 def convert(
     root: Path = typer.Argument(..., help="Dataset root in the release layout (ST/, Visium/, VisiumHD/, meta/, annotation/)."),
@@ -54,8 +69,7 @@ def convert(
         raise typer.BadParameter(f"no slides found under {root}", param_hint="ROOT")
     results = convert_many(root, out, ids, overwrite=overwrite, checksums=checksums)
     Console().print(_results_table(results, f"{len(results)} slide(s) → {out}"))
-    if any(r.status == "failed" for r in results):
-        raise typer.Exit(1)
+    _report_failures(results)
 
 
 @app.command()
@@ -88,5 +102,4 @@ def demo(
             highlight=False,
             markup=False,
         )
-    if any(r.status == "failed" for r in results):
-        raise typer.Exit(1)
+    _report_failures(results)
