@@ -15,6 +15,21 @@ import typer
 from .._errors import StimageError
 from .._logging import set_progress
 
+try:  # typer >= 0.2x vendors its own copy of click
+    from typer._click import exceptions as _tcx
+except ImportError:  # pragma: no cover - older typer uses click itself
+    _tcx = click.exceptions
+
+
+def _classes(name: str, *extra: type) -> tuple[type, ...]:
+    found = {getattr(mod, name) for mod in (click.exceptions, _tcx) if hasattr(mod, name)}
+    return tuple(found | set(extra))
+
+
+_CLICK_ERRORS = _classes("ClickException")
+_ABORTS = _classes("Abort", typer.Abort)
+_EXITS = _classes("Exit", typer.Exit)
+
 app = typer.Typer(
     name="stimage-sd",
     help=(
@@ -82,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
 
         _stderr_console().print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 1
-    except click.exceptions.Abort:
+    except _ABORTS:
         _stderr_console().print("aborted")
         return 130
-    except click.exceptions.ClickException as e:
+    except _CLICK_ERRORS as e:
         e.show()
         return e.exit_code
-    except click.exceptions.Exit as e:
+    except _EXITS as e:
         return e.exit_code
     except KeyboardInterrupt:
         return 130

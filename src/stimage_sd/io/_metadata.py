@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._errors import FormatError
+from .._errors import FormatError, StimageError
+from ._coords import utf8_error
+from ._layout import validate_slide_id
 
 __all__ = ["METADATA_COLUMNS", "read_metadata"]
 
@@ -29,8 +31,11 @@ _STR_COLUMNS = ("species", "tissue", "pmid", "title", "abstract", "keywords", "t
 
 
 def _sniff_delimiter(path: Path) -> str:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        head = fh.readline()
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            head = fh.readline()
+    except UnicodeDecodeError as e:
+        raise utf8_error(path, "metadata table") from e
     if not head.strip():
         raise FormatError(path, "empty metadata table (no header)", line=1)
     return "\t" if head.count("\t") > head.count(",") else ","
@@ -58,7 +63,8 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
     Raises
     ------
     FormatError
-        If a required column is missing, a slide id is duplicated or a typed field does
+        If a required column is missing, a slide id is duplicated or unsafe as a file
+        name (see :func:`~stimage_sd.io.validate_slide_id`), or a typed field does
         not parse; the message names the file, the line and the field.
     """
     path = Path(path)
@@ -73,7 +79,9 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
             quoting=csv.QUOTE_MINIMAL,
             encoding="utf-8-sig",
         )
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise utf8_error(path, "metadata table") from e
+    except pd.errors.ParserError as e:
         raise FormatError(path, f"cannot parse metadata table: {e}") from e
     missing = [c for c in METADATA_COLUMNS if c not in df.columns]
     if missing:
@@ -88,6 +96,12 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
     if dup.any():
         i = int(df.index[dup][0])
         raise FormatError(path, f"duplicate slide id {df['slide'][i]!r}", line=lines[i], column="slide")
+    # ids become file names: refuse unsafe ones (``../x``, ``a/b``, NUL, only dots) here
+    for i, s in enumerate(df["slide"]):
+        try:
+            validate_slide_id(s)
+        except StimageError as e:
+            raise FormatError(path, str(e), line=lines[i], column="slide") from None
 
     index = pd.Index(df["slide"].astype(str), name="slide")
     out = pd.DataFrame(index=index)
