@@ -44,3 +44,88 @@ def sample_stores(sample_root, tmp_path_factory) -> dict[str, Path]:
     failed = [r for r in results if r.status == "failed"]
     assert not failed, failed
     return {r.slide: r.path for r in results}
+
+
+# ---- begin: fake Hugging Face Hub fixture (issue 5: catalogue & download; see tests/_hf_server.py) ----
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """Start a loopback fake Hub serving a folder: ``fake_hub(folder, **FakeHub_kwargs) -> FakeHub``.
+
+    Points the real ``huggingface_hub`` client at it (``HF_ENDPOINT``), gives it an empty
+    cache (``HF_HOME``/``HF_HUB_CACHE`` under ``tmp_path``), unsets ``HF_TOKEN`` and
+    ``HF_HUB_OFFLINE``, and stops the servers after the test.
+    """
+    from _hf_server import FakeHub
+
+    hubs = []
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+    def start(folder, **kwargs):
+        hub = FakeHub(folder, **kwargs).start()
+        hubs.append(hub)
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        return hub
+
+    yield start
+    for hub in hubs:
+        hub.stop()
+# ---- end: fake Hugging Face Hub fixture ----
+
+
+# ---- begin: analysis slides (issue 6: per-slide analysis; tests/test_analysis.py, test_analyze_cli.py) ----
+#: Generated slides with clear spatial domains, one per technology (small: a few hundred to
+#: ~3,000 spots). Markers are only ~3-4x up in their domain and counts are shallow, so
+#: expression alone separates the domains imperfectly and spatial context matters.
+ANALYSIS_SPECS = {
+    "Visium": dict(
+        slide="Human_Brain_Anl_01012020_Visium_151673", tech="Visium", grid=(32, 32), n_genes=800,
+        n_domains=5, annotate=True, marker_fold=4.0, n_markers=5,
+    ),
+    "ST": dict(
+        slide="Human_Breast_Anl_10142021_ST_B1", tech="ST", grid=(28, 28), um_per_px=4.0, n_genes=800,
+        n_domains=4, domain_layout="blobs", annotate=True, marker_fold=3.0, n_markers=5,
+    ),
+    "VisiumHD": dict(
+        slide="Mouse_Brain_Anl_03292024_VisiumHD", tech="VisiumHD", grid=(60, 60), n_genes=800,
+        n_domains=4, species="mouse", marker_fold=4.0, n_markers=5, depth=2.0,
+    ),
+}
+
+
+@pytest.fixture(scope="session")
+def analysis_slides(tmp_path_factory) -> dict:
+    """tech -> (SlideTruth, converted store path) of :data:`ANALYSIS_SPECS` (read-only stores)."""
+    from stimage_sd.datasets import SlideSpec, make_slide
+    from stimage_sd.io import convert_slide
+
+    root = tmp_path_factory.mktemp("analysis_release")
+    out = tmp_path_factory.mktemp("analysis_stores")
+    slides = {}
+    for tech, kw in ANALYSIS_SPECS.items():
+        truth = make_slide(root, SlideSpec(**kw))
+        slides[tech] = (truth, convert_slide(root, kw["slide"], out, checksums=False))
+    return slides
+# ---- end: analysis slides ----
+
+
+# ---- begin: hypothesis profiles (issue 10: fuzzing; see docs/robustness.md) ----
+# "ci" (default): derandomized, so CI runs are reproducible, bounded budget, no database.
+# "long": for maintainers: `pytest tests/test_fuzz.py --hypothesis-profile=long`.
+# (Tests that set max_examples themselves keep their own budget.)
+from hypothesis import HealthCheck as _HealthCheck  # noqa: E402
+from hypothesis import settings as _hsettings  # noqa: E402
+
+_hsettings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=100, database=None,
+    suppress_health_check=[_HealthCheck.too_slow],
+)
+_hsettings.register_profile(
+    "long", deadline=None, max_examples=5000, suppress_health_check=[_HealthCheck.too_slow],
+)
+_hsettings.load_profile(os.environ.get("STIMAGE_HYPOTHESIS_PROFILE", "ci"))
+# ---- end: hypothesis profiles ----

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
 
 from . import app
+from ._filters import CatalogFilter, filter_options
 
 
 def _results_table(results, title: str):
@@ -46,6 +48,7 @@ def _report_failures(results) -> None:
 
 
 @app.command()
+@filter_options
 def convert(
     root: Path = typer.Argument(..., help="Dataset root in the release layout (ST/, Visium/, VisiumHD/, meta/, annotation/)."),
     out: Path = typer.Argument(..., help="Output folder; each slide becomes OUT/<slide>.zarr."),
@@ -53,23 +56,76 @@ def convert(
     tech: list[str] = typer.Option(None, "--tech", "-t", help="Only slides of this technology: ST, Visium or VisiumHD (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Re-convert slides whose store is already complete."),
     checksums: bool = typer.Option(True, "--checksums/--no-checksums", help="Record SHA-256 checksums of the source files."),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", min=0,
+        help="Worker processes of a local dask cluster. Default: one per CPU core (at most one per slide; "
+        "small runs stay in this process). 0: convert in this process, one slide after another.",
+    ),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler",
+        help="Address of a running dask scheduler (tcp://host:8786) or its scheduler file (.json), e.g. a "
+        "SLURM or Kubernetes dask cluster, instead of a local cluster. Workers must see ROOT and OUT.",
+    ),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit",
+        help="Memory limit per local worker, e.g. 8GB (default: the machine's available memory, so one "
+        "large slide may use it all; slides run together only while their estimated peaks fit).",
+    ),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Convert only the slides recorded as failed in OUT/manifest.json."),
+    filters: CatalogFilter | None = None,
 ) -> None:
     """Convert slides of a local dataset root into SpatialData Zarr stores.
 
-    Slides whose store is already complete are skipped (use --overwrite to redo them).
-    A slide that fails is reported and the run goes on; the exit status is 1 if any
-    slide failed.
+    One dask task per slide, on a local cluster (--workers) or an existing one
+    (--scheduler); larger slides first, and never more at once than the memory allows.
+    Slides whose store is already complete are skipped (use --overwrite to redo them), so
+    a killed run restarted converts only what is left. Every outcome is recorded in
+    OUT/manifest.json as it happens. A slide that fails is reported and the run goes on;
+    the exit status is 1 if any slide failed (--retry-failed then redoes just those).
     """
-    from rich.console import Console
-
     from ..io._batch import convert_many, select_slides
 
-    ids = select_slides(root, slide or None, tech or None)
+    ids = select_slides(root, filters.slide_ids() if filters else (slide or None), tech or None)
+    if filters is not None and set(filters.catalogue_kwargs()) - {"tech"}:
+        # catalogue filters (--species, --annotated, ...): need ROOT's metadata table
+        from ..io._catalog import Catalog
+
+        keep = set(filters.apply(Catalog.from_root(root)).slides)
+        ids = [s for s in ids if s in keep]
     if not ids:
         raise typer.BadParameter(f"no slides found under {root}", param_hint="ROOT")
-    results = convert_many(root, out, ids, overwrite=overwrite, checksums=checksums)
-    Console().print(_results_table(results, f"{len(results)} slide(s) → {out}"))
+    if scheduler is not None and (workers is not None or memory_limit is not None):
+        raise typer.BadParameter("--scheduler runs on an existing cluster: drop --workers/--memory-limit", param_hint="--scheduler")
+    t0 = time.perf_counter()
+    results = convert_many(
+        root, out, ids, workers=workers, scheduler=scheduler, memory_limit=memory_limit,
+        overwrite=overwrite, retry_failed=retry_failed, checksums=checksums,
+    )
+    _print_batch_summary(results, out, time.perf_counter() - t0, retry_failed=retry_failed)
     _report_failures(results)
+
+
+def _print_batch_summary(results, out: Path, seconds: float, *, retry_failed: bool = False) -> None:
+    """Results table (unless --quiet or many slides) and a one-line summary on stdout."""
+    import logging
+
+    from rich.console import Console
+
+    from ..io._batch import MANIFEST_NAME
+
+    quiet = logging.getLogger("stimage_sd").getEffectiveLevel() > logging.INFO  # --quiet
+    console = Console()
+    if not results:
+        console.print("no failed slides to retry" if retry_failed else "no slides to convert", highlight=False)
+        return
+    if not quiet and len(results) <= 50:
+        console.print(_results_table(results, f"{len(results)} slide(s) → {out}"))
+    n = {s: sum(r.status == s for r in results) for s in ("converted", "skipped", "failed")}
+    console.print(
+        f"{n['converted']} converted, {n['skipped']} skipped, {n['failed']} failed of {len(results)} slide(s) "
+        f"in {seconds:.1f} s; manifest: {out / MANIFEST_NAME}",
+        highlight=False, soft_wrap=True,
+    )
 
 
 @app.command()

@@ -63,6 +63,24 @@ def slide_truth(root: str | Path, spec: SlideSpec) -> SlideTruth:
     """Ground truth of a spec without writing anything (cheap: no image, no counts).
 
     ``files`` points where :func:`make_slide` writes (or wrote) the slide under ``root``.
+
+    Parameters
+    ----------
+    root
+        Dataset root the slide is (or would be) written to.
+    spec
+        The slide's :class:`SlideSpec`.
+
+    Returns
+    -------
+    The :class:`SlideTruth` that :func:`make_slide` returns for the same spec.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> spec = ssd.datasets.SlideSpec("Human_Brain_Synth_01012025_Visium_A1", "Visium", grid=(20, 20))
+    >>> truth = ssd.datasets.slide_truth("synthetic_root", spec)
+    >>> n_spots = len(truth.domains)
     """
     return _truth(Path(root), spec, build_layout(spec), build_genes(spec))
 
@@ -89,6 +107,12 @@ def make_slide(root: str | Path, spec: SlideSpec, *, progress: bool | None = Fal
     Files are written to temporary siblings and renamed when complete. The same spec
     (seed included) always gives byte-identical files.
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> spec = ssd.datasets.SlideSpec("Human_Brain_Synth_01012025_Visium_A1", "Visium", grid=(20, 20))
+    >>> truth = ssd.datasets.make_slide("synthetic_root", spec)
+    >>> sdata = ssd.io.read_slide("synthetic_root", spec.slide)
     """
     root = Path(root)
     files = SlideFiles.expected(root, spec.slide, spec.tech)
@@ -135,6 +159,14 @@ def write_metadata(
     -------
     Path of the written file. Every field is quoted; abstracts span several lines.
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> spec = ssd.datasets.SlideSpec("Human_Brain_Synth_01012025_Visium_A1", "Visium", grid=(20, 20))
+    >>> truth = ssd.datasets.make_slide("synthetic_root", spec)
+    >>> path = ssd.datasets.write_metadata("synthetic_root", [truth])
+    >>> path.name
+    'meta_all_gene02122025.csv'
     """
     rows = []
     for s in specs:
@@ -182,6 +214,15 @@ def make_release(
     -------
     Slide id -> :class:`SlideTruth`, in the order of ``specs``.
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> specs = [
+    ...     ssd.datasets.SlideSpec("Human_Brain_Synth_01012025_Visium_A1", "Visium", grid=(20, 20)),
+    ...     ssd.datasets.SlideSpec("Human_Breast_Synth_01012025_ST_A1", "ST", annotate=True, seed=1),
+    ... ]
+    >>> truths = ssd.datasets.make_release("synthetic_root", specs)
+    >>> cat = ssd.io.Catalog.from_root("synthetic_root")
     """
     specs = list(specs)
     ids = [s.slide for s in specs]

@@ -147,6 +147,12 @@ def sample(path: str | Path | None = None, *, overwrite: bool = False) -> Path:
         If ``path`` is a non-empty folder that does not hold a sample (nothing is
         overwritten unless ``overwrite=True``).
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> slides = ssd.io.list_slides(root)
+    >>> sdata = ssd.io.read(ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores"))
     """
     root = _resolve(path)
     if not overwrite and _is_current(root):
@@ -171,6 +177,16 @@ def sample_truth(path: str | Path | None = None) -> dict[str, SlideTruth]:
     path
         The sample's root (only used for the ``files`` paths); ``None``: the default.
 
+    Returns
+    -------
+    Slide id -> :class:`SlideTruth`, for the 4 slides of :func:`sample`.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> truths = ssd.datasets.sample_truth("stimage_sample")
+    >>> truth = truths["GSE000001_GSM0000001"]
+    >>> truth.um_per_px, truth.domain_names  # doctest: +SKIP
     """
     root = _resolve(path)
     return {s.slide: slide_truth(root, s) for s in SAMPLE_SPECS}

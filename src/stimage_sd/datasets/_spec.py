@@ -105,6 +105,12 @@ class SlideSpec:
         Metadata fields (``None`` leaves the field empty, except ``title``/``abstract``
         which then get a generated text).
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> spec = ssd.datasets.SlideSpec("Human_Brain_Synth_01012025_Visium_A1", "Visium", grid=(20, 20))
+    >>> truth = ssd.datasets.make_slide("synthetic_root", spec)
+    >>> hd = ssd.datasets.SlideSpec("Mouse_Brain_Synth_01012025_VisiumHD", "VisiumHD", species="mouse", seed=1)
     """
 
     slide: str
@@ -218,6 +224,13 @@ class SlideTruth:
     spec
         The spec it was generated from.
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> truth = ssd.datasets.sample_truth()["GSE000001_GSM0000001"]
+    >>> truth.tech
+    'Visium'
+    >>> domain_of_spot = truth.domains
     """
 
     slide: str

@@ -36,13 +36,26 @@ def read_annotation(path: str | Path) -> tuple[pd.Series, str]:
     ------
     FormatError
         If the file does not have at least two columns or is empty.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> files = ssd.io.find_slide(root, "GSE000001_GSM0000001")
+    >>> labels, column = ssd.io.read_annotation(files.annotation)
+    >>> column
+    'TLS_2_cat'
     """
     path = Path(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
     except pd.errors.EmptyDataError as e:
         raise FormatError(path, "empty annotation file", line=1) from e
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        from ._coords import utf8_error
+
+        raise utf8_error(path, "annotation file") from e
+    except pd.errors.ParserError as e:
         raise FormatError(path, f"cannot parse annotation file: {e}") from e
     if df.shape[1] < 2:
         raise FormatError(path, f"annotation file needs a spot id and a label column, header has {list(df.columns)}", line=1)

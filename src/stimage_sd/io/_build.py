@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +31,19 @@ from ._coords import read_coords
 from ._counts import read_counts
 from ._image import DEFAULT_MAX_PIXELS, read_image
 from ._layout import SlideFiles, find_metadata, find_slide
+from ._pyramid import DEFAULT_CHUNK as IMAGE_CHUNK
+from ._pyramid import DEFAULT_COMPRESSION, multiscale_image, pyramid_levels
+from ._pyramid import PYRAMID_MIN_SIDE as PYRAMID_MIN_SIDE  # re-exported
 from ._scale import PixelSize, estimate_pixel_size
 
 __all__ = ["build_sdata", "pyramid_levels", "read_slide"]
 
-#: Pyramid levels are added until the smallest side is at most this many pixels.
-PYRAMID_MIN_SIDE = 1000
-IMAGE_CHUNK = 1024
 _MAX_IDS_RECORDED = 1000
-
-
-def pyramid_levels(height: int, width: int, min_side: int = PYRAMID_MIN_SIDE) -> int:
-    """Number of 2x downsamplings until the smallest side is at most ``min_side``."""
-    side, n = min(height, width), 0
-    while side > min_side:
-        side = math.ceil(side / 2)
-        n += 1
-    return n
+#: Spot centres reaching beyond this multiple of the image size mean a scale mismatch
+#: (coordinates for a larger image than the one shipped); centres all within this fraction
+#: of it, the opposite.
+_SCALE_MISMATCH = 1.5
+_SCALE_MISMATCH_LOW = 1 / 3
 
 
 def _sha256(path: Path) -> str:
@@ -109,13 +106,65 @@ def build_sdata(
     shape: str | None = None,
     counts_path: str = "counts",
     annotation_path: str | None = None,
+    image_compression: str | None = DEFAULT_COMPRESSION,
 ) -> Any:
     """Assemble the SpatialData object of one slide from parsed parts.
 
     See :func:`read_slide` for the elements and keys produced.
+
+    Parameters
+    ----------
+    slide
+        Slide id, verbatim.
+    tech
+        ``"ST"``, ``"Visium"`` or ``"VisiumHD"``.
+    coords
+        Spot centres as :func:`~stimage_sd.io.read_coords` returns them (index spot id,
+        columns ``x``, ``y``, ``r``).
+    counts
+        The :class:`~stimage_sd.io.Counts` of the slide (:func:`~stimage_sd.io.read_counts`);
+        rows are joined to ``coords`` on the spot id, spots found in one file only are
+        dropped and recorded.
+    image
+        The H&E image, ``(c, y, x)`` uint8 (:func:`~stimage_sd.io.read_image`), or ``None``
+        for shapes and table only.
+    labels, label_column
+        Annotation labels indexed by spot id and the name of their column, as
+        :func:`~stimage_sd.io.read_annotation` returns them; ``None`` when not annotated.
+    metadata
+        The slide's row of the metadata table (stored in ``uns["stimage"]``; the abstract
+        is left out).
+    provenance
+        Source files (path, size, checksum) by part, stored in ``uns["stimage"]["source"]``.
+    shape
+        ``"circle"`` or ``"square"``; ``None``: the technology's default.
+    counts_path, annotation_path
+        Names of the count and annotation files, used in messages and the provenance.
+    image_compression
+        Codec of the image when written (see :func:`read_slide`).
+
+    Returns
+    -------
+    The slide's :class:`spatialdata.SpatialData`.
+
+    Raises
+    ------
+    FormatError
+        If the count file has no rows, duplicated spot ids, or no spot id in common with
+        the coordinate file.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> files = ssd.io.find_slide(root, "GSE000001_GSM0000001")
+    >>> sdata = ssd.io.build_sdata(
+    ...     slide=files.slide, tech=files.tech, coords=ssd.io.read_coords(files.coord),
+    ...     counts=ssd.io.read_counts(files.counts), image=None,
+    ... )
     """
     import spatialdata as sd
-    from spatialdata.models import Image2DModel, TableModel
+    from spatialdata.models import TableModel
 
     geom = GEOMETRY[tech]
     shape = shape or geom.shape
@@ -124,6 +173,8 @@ def build_sdata(
 
     # --- join coord and count rows on spot id (coord-file order) -------------------
     count_ids = pd.Index(counts.spot_ids)
+    if len(count_ids) == 0:
+        raise FormatError(counts_path, "count file has no spot rows (header only)", line=2)
     if count_ids.has_duplicates:
         dup = count_ids[count_ids.duplicated()][0]
         line = int(np.flatnonzero(count_ids == dup)[1]) + 2
@@ -186,11 +237,25 @@ def build_sdata(
                 logger.warning("%s: %d annotated spot id(s) are not in the slide", slide, n_unknown)
             obs["annotation"] = pd.Categorical(matched.astype(object).where(matched.notna(), None))
     genes = np.asarray(counts.genes, dtype=object).astype(str)
-    var = pd.DataFrame(index=pd.Index(genes.copy()))
+    names = pd.Index(genes.copy())
+    dup_genes: dict[str, Any] | None = None
+    if names.has_duplicates:
+        # the same rule as AnnData.var_names_make_unique: "A", "A-1", "A-2", ...
+        from anndata.utils import make_index_unique
+
+        repeated = [str(g) for g in names[names.duplicated()].unique()]
+        dup_genes = {"n": len(repeated), "names": repeated[:_MAX_IDS_RECORDED]}
+        logger.warning(
+            "%s: %d duplicated gene name(s) in %s (%s%s) made unique with -1, -2 suffixes; "
+            "the original names are in var['gene_name']",
+            slide, len(repeated), counts_path, ", ".join(repeated[:5]), ", ..." if len(repeated) > 5 else "",
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            names = make_index_unique(names)
+    var = pd.DataFrame(index=names)
     var["gene_name"] = genes
     table = ad.AnnData(X=X, obs=obs, var=var)
-    if table.var_names.has_duplicates:
-        table.var_names_make_unique()
     table.obsm["spatial"] = xy
 
     meta: dict[str, Any] = {
@@ -208,6 +273,8 @@ def build_sdata(
     }
     if dropped:
         meta["dropped_spots"] = dropped
+    if dup_genes is not None:
+        meta["duplicate_genes"] = dup_genes
     if anno_info is not None:
         meta["annotation"] = anno_info
     if provenance:
@@ -219,13 +286,13 @@ def build_sdata(
         _, h, w = image.shape
         meta["image_shape"] = [int(h), int(w)]
         _check_extent(slide, xy, radius, h, w, scale, meta)
-        images[IMAGE_KEY] = Image2DModel.parse(
+        # lazy pyramid (2x2 means, see io/_pyramid.py); io.write writes it level by level
+        images[IMAGE_KEY] = multiscale_image(
             image,
-            dims=("c", "y", "x"),
-            c_coords=["r", "g", "b"],
-            scale_factors=[2] * pyramid_levels(h, w),
-            chunks={"c": 3, "y": IMAGE_CHUNK, "x": IMAGE_CHUNK},
             transformations=tf,
+            n_levels=pyramid_levels(h, w),
+            chunk=IMAGE_CHUNK,
+            compression=image_compression,
         )
 
     half_key = "spot_half_side_px"
@@ -248,20 +315,52 @@ def build_sdata(
 
 
 def _check_extent(slide: str, xy: np.ndarray, radius: float, h: int, w: int, scale: PixelSize, meta: dict) -> None:
-    """Count spots whose centre is outside the image; guess a scale factor if coordinates don't fit."""
+    """Check spot centres against the image size; record and warn about what does not fit.
+
+    Records in ``meta`` (``uns["stimage"]``):
+
+    - ``spots_outside_image``: number of spot centres outside ``[0, w) x [0, h)``;
+    - ``coord_extent_over_image``: ``[max x / w, max y / h]`` of the centres;
+    - ``image_scale_mismatch`` (only when detected): ``direction``, ``coord_extent_over_image``
+      and ``likely_factor``. ``"image smaller"``: centres reach beyond 1.5x the image
+      (e.g. full-resolution coordinates with a downscaled ``hires`` image); the factor is
+      the largest extent ratio, a lower bound of the true factor (tissue seldom reaches the
+      image border). ``"image larger"``: every centre lies within the top-left third of
+      the image (e.g. ``hires`` coordinates with the full-resolution image); the factor is
+      the inverse ratio, an upper bound.
+
+    A warning is logged for spots outside the image and for a mismatch.
+    """
+    if not len(xy) or not h or not w:
+        meta["spots_outside_image"] = 0
+        return
     outside = (xy[:, 0] < 0) | (xy[:, 0] >= w) | (xy[:, 1] < 0) | (xy[:, 1] >= h)
     n_out = int(outside.sum())
     meta["spots_outside_image"] = n_out
-    if n_out:
-        ext = float(max(xy[:, 0].max() / w, xy[:, 1].max() / h))
-        factor = float(2 ** round(math.log2(ext))) if ext > 1.5 else None
-        hint = (
-            f"; coordinates span {ext:.2f}x the image, which suggests the image is "
-            f"downscaled by ~{ext:.2f} (e.g. a hires image with full-resolution coordinates)"
-            if ext > 1.5
-            else ""
+    ext_xy = [float(xy[:, 0].max() / w), float(xy[:, 1].max() / h)]
+    meta["coord_extent_over_image"] = [round(e, 4) for e in ext_xy]
+    ext = max(ext_xy)
+    mismatch = None
+    if ext > _SCALE_MISMATCH:
+        mismatch = {"direction": "image smaller", "coord_extent_over_image": round(ext, 4),
+                    "likely_factor": round(ext, 2)}
+        hint = (f"; centres reach {ext:.2f}x the image size: the image is likely downscaled by "
+                f"~{ext:.2f} or more relative to the coordinates (e.g. a hires image with "
+                "full-resolution coordinates)")
+    elif 0 < ext < _SCALE_MISMATCH_LOW:
+        mismatch = {"direction": "image larger", "coord_extent_over_image": round(ext, 4),
+                    "likely_factor": round(1 / ext, 2)}
+        hint = ""
+        logger.warning(
+            "%s: every spot centre lies within %.0f %% of the %dx%d image from its origin: the "
+            "coordinates may be for an image up to ~%.2fx smaller (e.g. hires coordinates with "
+            "the full-resolution image)", slide, 100 * ext, w, h, 1 / ext,
         )
-        meta["image_scale_mismatch"] = {"coord_extent_over_image": ext, "likely_factor": factor} if ext > 1.5 else None
+    else:
+        hint = ""
+    if mismatch is not None:
+        meta["image_scale_mismatch"] = mismatch
+    if n_out:
         logger.warning("%s: %d of %d spot centres lie outside the %dx%d image%s", slide, n_out, len(xy), w, h, hint)
 
 
@@ -286,6 +385,7 @@ def read_slide(
     image: bool = True,
     shape: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    image_compression: str | None = DEFAULT_COMPRESSION,
     checksums: bool = True,
     progress: bool | None = None,
 ) -> Any:
@@ -307,6 +407,10 @@ def read_slide(
         VisiumHD bins.
     max_pixels
         Decoding ceiling for PNG/JPEG images (see :func:`stimage_sd.io.read_image`).
+    image_compression
+        Codec of the image when the slide is written: ``"zstd:1"`` (default), ``"zstd"``
+        (level 3), ``"zstd:<level>"``, ``"blosc"``, ``"gzip"`` or ``None`` (see
+        :data:`stimage_sd.io._pyramid.COMPRESSIONS`).
     checksums
         Record SHA-256 checksums of the source files in the provenance.
     progress
@@ -316,10 +420,13 @@ def read_slide(
     -------
     :class:`spatialdata.SpatialData` with
 
-    - image ``"he"``: uint8 RGB ``(c, y, x)``, multiscale (2x levels until the smallest
-      side is ≤ 1,000 px), chunks 1024²;
-    - shapes ``"spots"``: circles with the release radius (squares of side ``2r`` for
-      VisiumHD), integer index ``0..n-1``;
+    - image ``"he"``: uint8 RGB ``(c, y, x)``, read lazily (TIFF) and multiscale: 2x
+      levels of 2x2 means rounded half up (odd trailing row/column dropped) until the
+      smallest side is ≤ 1,000 px, chunks 1024² (see :mod:`stimage_sd.io._pyramid`);
+      :func:`stimage_sd.io.write` writes it level by level in bounded memory;
+    - shapes ``"spots"``: circles with the release radius; for VisiumHD squares whose
+      side is the bin size (the 8 µm grid pitch, in pixels; ``shape="circle"`` gives
+      circles of the release radius instead), integer index ``0..n-1``;
     - table ``"table"``: raw counts as CSR (``int32`` if all integral, else ``float32``),
       ``obs`` indexed by spot id with ``region``, ``spot_id`` and ``annotation``
       (when annotated), ``var`` indexed by unique gene names with the original names in
@@ -334,6 +441,14 @@ def read_slide(
         If the slide or one of its files is missing.
     FormatError
         If a file is malformed (the message names the file and the line, spot or field).
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> sdata = ssd.io.read_slide(root, "GSE000001_GSM0000001")
+    >>> table = sdata["table"]
+    >>> path = ssd.io.write(sdata, "GSE000001_GSM0000001.zarr")
     """
     files: SlideFiles = find_slide(root, slide, tech)
     root = Path(root)
@@ -364,4 +479,5 @@ def read_slide(
         shape=shape,
         counts_path=str(files.counts),
         annotation_path=str(files.annotation.relative_to(root)) if files.annotation else None,
+        image_compression=image_compression,
     )

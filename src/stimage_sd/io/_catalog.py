@@ -69,6 +69,13 @@ def study_of(slide: str) -> str:
     ``GSE<n>`` for GEO ids (``GSE<n>_GSM<m>``), else the first four ``_``-separated
     fields (``Species_Tissue_Author_MMDDYYYY``), or the whole id when it has fewer.
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> ssd.io.study_of("GSE144239_GSM4284316")
+    'GSE144239'
+    >>> ssd.io.study_of("Human_Breast_Andersson_10142021_ST_A1")
+    'Human_Breast_Andersson_10142021'
     """
     m = _GEO.match(slide)
     if m:
@@ -94,6 +101,13 @@ class Catalog:
     root
         Local dataset root, when the catalogue describes one.
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> cat = ssd.io.Catalog.from_root(root)
+    >>> visium = cat.filter(tech="Visium", annotated=True)
+    >>> splits = cat.split(by="study", seed=0)
     """
 
     def __init__(

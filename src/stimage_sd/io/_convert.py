@@ -14,7 +14,25 @@ __all__ = ["convert_slide", "store_path"]
 
 
 def store_path(out_dir: str | Path, slide: str) -> Path:
-    """Where :func:`convert_slide` writes a slide: ``<out_dir>/<slide>.zarr``."""
+    """Where :func:`convert_slide` writes a slide: ``<out_dir>/<slide>.zarr``.
+
+    Parameters
+    ----------
+    out_dir
+        Output folder of the conversion.
+    slide
+        Slide id, verbatim (checked with :func:`validate_slide_id`).
+
+    Returns
+    -------
+    ``<out_dir>/<slide>.zarr`` (whether or not it exists).
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> ssd.io.store_path("stores", "GSE000001_GSM0000001").as_posix()
+    'stores/GSE000001_GSM0000001.zarr'
+    """
     validate_slide_id(slide)
     return Path(out_dir) / f"{slide}.zarr"
 
@@ -50,6 +68,14 @@ def convert_slide(
     Returns
     -------
     Path of the store.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> store = ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores")
+    >>> sdata = ssd.io.read(store)
+    >>> st = ssd.io.convert_slide(root, "Human_Breast_Synth_10142021_ST_A1", "stores", checksums=False)
     """
     dest = store_path(out_dir, slide)
     cleanup_partial(dest)

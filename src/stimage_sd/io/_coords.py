@@ -10,7 +10,7 @@ import pandas as pd
 from .._errors import FormatError
 from .._logging import logger
 
-__all__ = ["read_coords"]
+__all__ = ["read_coords", "utf8_error"]
 
 _REQUIRED = ("yaxis", "xaxis", "r")
 
@@ -39,13 +39,23 @@ def read_coords(path: str | Path) -> pd.DataFrame:
         For a missing column, an empty file, a non-numeric, non-finite or negative value,
         a non-positive radius or a duplicated spot id; the message names the file, the line
         and the column or spot.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> coords = ssd.io.read_coords(ssd.io.find_slide(root, "GSE000001_GSM0000001").coord)
+    >>> list(coords.columns)
+    ['x', 'y', 'r']
     """
     path = Path(path)
     try:
         df = pd.read_csv(path, index_col=0, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError as e:
         raise FormatError(path, "empty coordinate file", line=1) from e
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise utf8_error(path, "coordinate file") from e
+    except pd.errors.ParserError as e:
         raise FormatError(path, f"cannot parse coordinate file: {e}") from e
     cols = [str(c).strip() for c in df.columns]
     df.columns = cols
@@ -57,6 +67,13 @@ def read_coords(path: str | Path) -> pd.DataFrame:
     if len(df) == 0:
         raise FormatError(path, "coordinate file has no spots", line=2)
     ids = df.index.astype(str)
+    if df.index.dtype != object:
+        # pandas turns an index of numeric-looking ids into numbers ("007" -> 7) whatever
+        # the dtype asked for: read the id column again as text
+        raw = pd.read_csv(path, header=None, usecols=[0], dtype=str, keep_default_na=False, encoding="utf-8-sig")[0]
+        if len(raw) != len(df) + 1:
+            raise FormatError(path, f"cannot read the spot id column ({len(raw) - 1} ids for {len(df)} rows)")
+        ids = pd.Index(raw.iloc[1:].to_numpy(dtype=object), dtype=object)
     if (ids == "").any() or pd.isna(df.index).any():
         i = int(np.flatnonzero((ids == "") | pd.isna(df.index))[0])
         raise FormatError(path, "empty spot id", line=i + 2)
@@ -85,3 +102,32 @@ def read_coords(path: str | Path) -> pd.DataFrame:
             path, r.min(), r.max(), float(np.median(r)),
         )
     return out
+
+
+def utf8_error(path: str | Path, what: str) -> FormatError:
+    """A :class:`FormatError` naming the line of the first byte of ``path`` that is not UTF-8.
+
+    Used by the text readers when decoding fails; a UTF-16 file (byte-order mark ``FF FE``
+    or ``FE FF``, as spreadsheets save "Unicode text") is named as such.
+    """
+    import codecs
+
+    path = Path(path)
+    with open(path, "rb") as fh:
+        if fh.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            return FormatError(path, f"{what} is not valid UTF-8: it is UTF-16 (save it as UTF-8)", line=1)
+        fh.seek(0)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        line = 1
+        while True:
+            chunk = fh.read(1 << 20)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                start = max(0, min(e.start, len(chunk)))
+                line += chunk.count(b"\n", 0, start)
+                return FormatError(path, f"{what} is not valid UTF-8 ({e.reason})", line=line)
+            if not chunk:
+                break
+            line += chunk.count(b"\n")
+    return FormatError(path, f"{what} is not valid UTF-8")

@@ -379,6 +379,12 @@ class DownloadPlan:
     listing
         The repository listing the plan was made from.
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> plan = ssd.io.plan_download(["Human_Breast_Andersson_10142021_ST_A1"], "stimage_root")
+    >>> print(plan.describe())  # doctest: +SKIP
+    >>> plan.bytes_to_fetch  # doctest: +SKIP
     """
 
     repo_id: str
@@ -477,15 +483,47 @@ def plan_download(
 ) -> DownloadPlan:
     """Work out the files of ``slides`` to fetch into ``root`` (no file is downloaded).
 
-    Parameters are those of :func:`download`; ``listing`` reuses a :func:`list_release`
-    result. Offline, the listing saved in ``root`` by an earlier download is used, or the
-    files already in ``root``.
+    Offline, the listing saved in ``root`` by an earlier download is used, or the files
+    already in ``root``.
+
+    Parameters
+    ----------
+    slides
+        Slide ids (verbatim), one id, or a :class:`~stimage_sd.io.Catalog` (its slides).
+    root
+        Local dataset root the files would be downloaded into (release layout).
+    parts
+        Which files of each slide: any of ``"image"``, ``"coord"``, ``"counts"``,
+        ``"annotation"``; a comma-separated string is accepted.
+    metadata
+        Also plan ``meta/meta_all_gene*.csv``.
+    listing
+        A repository listing to reuse (from an earlier plan: ``plan.listing``); ``None``
+        lists the repository (or, offline, ``root``).
+    repo_id, revision
+        Repository (default :data:`REPO_ID`) and branch, tag or commit.
+    endpoint
+        Hub URL; ``None`` reads ``HF_ENDPOINT``.
+    token
+        Access token; ``None`` lets ``huggingface_hub`` find one. Never logged.
+    offline
+        Stay off the network; ``None`` reads ``HF_HUB_OFFLINE``.
+
+    Returns
+    -------
+    The :class:`DownloadPlan`: files, bytes in all and bytes still to fetch.
 
     Raises
     ------
     SlideNotFoundError
         If a slide id is not in the repository; the message lists close matches.
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> plan = ssd.io.plan_download("Human_Breast_Andersson_10142021_ST_A1", "stimage_root")
+    >>> print(plan.describe())  # doctest: +SKIP
+    >>> plan = ssd.io.plan_download(["GSE144239_GSM4284316"], "stimage_root", parts="coord,counts")
     """
     root = Path(root)
     ids = _slide_ids(slides)
@@ -705,6 +743,13 @@ def download(
         If confirmation is needed and not given, the Hub cannot be reached, offline files
         are missing, or a file fails verification (it is then removed).
 
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> plan = ssd.io.download(["Human_Breast_Andersson_10142021_ST_A1"], "stimage_root")
+    >>> cat = ssd.io.Catalog.from_hub().filter(tech="Visium", tissue="brain", annotated=True)
+    >>> plan = ssd.io.download(cat, "stimage_root", parts="coord,counts", confirm=True)
+    >>> store = ssd.io.convert_slide("stimage_root", "Human_Breast_Andersson_10142021_ST_A1", "stores")
     """
     root = Path(root).expanduser()
     endpoint = _endpoint(endpoint)

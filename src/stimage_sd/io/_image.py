@@ -1,15 +1,35 @@
-"""Reader of the release images (``<tech>/image/<slide>.png``, whatever their real format)."""
+"""Reader of the release images (``<tech>/image/<slide>.png``, whatever their real format).
+
+Images are read lazily where the format allows it:
+
+- **TIFF** (classic or BigTIFF; tiled or striped; pyramidal or not; 8/16-bit; RGB, RGBA,
+  grayscale, grayscale + alpha; chunky or planar) is never decoded as a whole. An
+  uncompressed, contiguous image is memory-mapped; any other is read through tifffile's
+  Zarr interface (``TiffPageSeries.aszarr``), one region per dask chunk, decoding only
+  the tiles or strips that region covers. Of a pyramidal TIFF the full-resolution level
+  is read. TIFFs that tifffile cannot decode lazily (palette, CMYK, unusual compressions)
+  fall back to a one-off PIL decode.
+- **PNG and JPEG** have no random access: they are decoded once with PIL (its
+  decompression-bomb guard lifted up to a configurable ceiling) and then converted to RGB
+  chunk by chunk, so no second full-size copy is made.
+
+Either way :func:`read_image` returns a dask array ``(3, y, x)`` of ``uint8`` whose chunks
+convert to RGB with :func:`to_rgb8` when computed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
 
 from .._errors import FormatError
+from .._logging import logger
 
 __all__ = ["DEFAULT_MAX_PIXELS", "read_image", "sniff_image_format", "to_rgb8"]
 
@@ -26,16 +46,37 @@ _MAGIC = (
     (b"MM\x00+", "tiff"),
 )
 
+#: Photometric interpretations that tifffile returns as raw samples which :func:`to_rgb8`
+#: cannot interpret (palette indices, inverted gray, CMYK, Lab...): such TIFFs go to PIL.
+_PIL_PHOTOMETRIC = frozenset({0, 3, 4, 5, 8, 9, 10, 32803, 32844, 32845, 34892})
+
 
 def sniff_image_format(path: str | Path) -> str:
     """The real format of an image file from its first bytes: ``png``, ``jpeg`` or ``tiff``.
 
     Release files are all named ``.png`` but hold PNG, JPEG or TIFF data.
 
+    Parameters
+    ----------
+    path
+        The image file.
+
+    Returns
+    -------
+    ``"png"``, ``"jpeg"`` or ``"tiff"`` (BigTIFF included).
+
     Raises
     ------
     FormatError
         If the file is empty or is none of these formats.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> files = ssd.io.find_slide(root, "Mouse_Brain+Lung_Synth_01012025_Visium_2.5mm")
+    >>> ssd.io.sniff_image_format(files.image)
+    'jpeg'
     """
     path = Path(path)
     with open(path, "rb") as fh:
@@ -58,6 +99,27 @@ def to_rgb8(arr: np.ndarray) -> np.ndarray:
       (``v * a + 255 * (1 - a)``, rounded), so transparent background becomes white;
     - 16-bit: ``round(v / 257)`` (exact inverse of ``v8 * 257``); other integer types
       are scaled from their full range, floats are assumed in ``[0, 1]``.
+
+    Parameters
+    ----------
+    arr
+        Decoded pixels, ``(y, x)`` or ``(y, x, c)`` with ``c`` in 1-4.
+
+    Returns
+    -------
+    A C-contiguous ``uint8`` array of shape ``(y, x, 3)``.
+
+    Raises
+    ------
+    ValueError
+        If the array does not have one of the shapes above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stimage_sd.io import to_rgb8
+    >>> to_rgb8(np.full((2, 2), 65535, dtype=np.uint16))[0, 0]
+    array([255, 255, 255], dtype=uint8)
     """
     a = np.asarray(arr)
     if a.ndim == 2:
@@ -90,6 +152,106 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.round(f * 255).astype(np.uint8)
 
 
+# --------------------------------------------------------------------------------------
+# lazy RGB view of a decoded or on-disk image
+class _RGBView:
+    """Array-like ``(3, y, x)`` ``uint8`` view of a raw image; converts one region at a time.
+
+    ``raw`` is anything sliceable (numpy array, memory map, Zarr array over a TIFF) laid out
+    as ``layout`` (``"YX"``, ``"YXS"`` or ``"SYX"``) after the ``prefix`` indices of leading
+    axes. Regions are converted with :func:`to_rgb8` when dask asks for them.
+    """
+
+    def __init__(self, raw: Any, layout: str, path: Path, prefix: tuple[int, ...] = ()):
+        self.raw, self.layout, self.path, self.prefix = raw, layout, path, prefix
+        shape = tuple(raw.shape[len(prefix) :])
+        h, w = (shape[1], shape[2]) if layout == "SYX" else (shape[0], shape[1])
+        self.shape = (3, int(h), int(w))
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        cs, ys, xs = key
+        try:
+            if self.layout == "SYX":
+                a = np.moveaxis(np.asarray(self.raw[(*self.prefix, slice(None), ys, xs)]), 0, -1)
+            elif self.layout == "YXS":
+                a = np.asarray(self.raw[(*self.prefix, ys, xs, slice(None))])
+            else:
+                a = np.asarray(self.raw[(*self.prefix, ys, xs)])
+            rgb = to_rgb8(a)
+        except FormatError:
+            raise
+        except Exception as e:  # codec errors, truncated tiles, I/O errors
+            raise FormatError(self.path, f"cannot decode image region rows {ys.start}:{ys.stop}, "
+                              f"columns {xs.start}:{xs.stop}: {e}") from e
+        out = np.empty((3, *rgb.shape[:2]), dtype=np.uint8)
+        for k in range(3):  # de-interleave channel by channel (faster than a 3-D transpose)
+            out[k] = rgb[..., k]
+        return out[cs]
+
+
+class _RawRows:
+    """Rows of an uncompressed, contiguous ``(y, x[, s])`` image, read with plain file reads.
+
+    Unlike a memory map, reading does not leave the file's pages mapped into the process
+    (its resident memory stays bounded by the chunks in flight).
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = path, int(offset), tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        ys, rest = key[0], key[1:]
+        y0, y1, _ = ys.indices(self.shape[0])
+        n = max(y1 - y0, 0)
+        buf = np.empty((n, *self.shape[1:]), dtype=self.dtype)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + y0 * self.row_bytes)
+            got = fh.readinto(memoryview(buf).cast("B"))
+        if got != buf.nbytes:
+            raise FormatError(self.path, f"TIFF file is truncated: rows {y0}:{y1} end beyond the file")
+        return buf[(slice(None), *rest)]
+
+
+def _layout(axes: str, shape: tuple[int, ...], path: Path) -> tuple[str, tuple[int, ...]]:
+    """Layout (``YX``/``YXS``/``SYX``) and leading-axis indices of a tifffile series."""
+    axes = axes.upper().replace("C", "S") if "S" not in axes.upper() else axes.upper()
+    prefix: list[int] = []
+    while len(axes) > 2 and axes[0] not in "YXS":
+        if shape[len(prefix)] != 1:
+            logger.warning("%s: TIFF axis %r has %d entries; reading the first", path, axes[0], shape[len(prefix)])
+        prefix.append(0)
+        axes = axes[1:]
+    if axes in ("YX", "YXS", "SYX"):
+        return axes, tuple(prefix)
+    raise FormatError(path, f"unsupported TIFF layout {axes} with shape {shape}")
+
+
+def _wrap(view: _RGBView, path: Path, chunks: int, row_block: int | None = None) -> da.Array:
+    """Dask array over ``view`` with ``(3, chunks, chunks)`` chunks.
+
+    ``row_block`` (a multiple of ``chunks``) reads full-width bands of that many rows, for
+    striped sources where a narrower read would decode the same strips repeatedly; the
+    bands are then split into square chunks.
+    """
+    st = path.stat()
+    token = da.core.tokenize(str(path.resolve()), st.st_size, st.st_mtime_ns, view.shape, chunks, row_block)
+    w = view.shape[2]
+    read_chunks = (3, row_block, w) if row_block else (3, chunks, chunks)
+    arr = da.from_array(
+        view, chunks=read_chunks, name=f"read-image-{token}", asarray=False, fancy=False, lock=False,
+        meta=np.empty((0, 0, 0), dtype=np.uint8),
+    )
+    if row_block:
+        arr = arr.rechunk((3, chunks, chunks))
+    return arr
+
+
+# --------------------------------------------------------------------------------------
+# PNG / JPEG (and TIFFs that tifffile cannot read lazily): one decode with PIL
 @contextlib.contextmanager
 def _pil_limit(max_pixels: int | None):
     from PIL import Image
@@ -113,11 +275,9 @@ def _decode_pil(path: Path, max_pixels: int | None) -> np.ndarray:
                 if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                     im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
                 if im.mode.startswith("I;16"):
-                    return np.asarray(im).astype(np.uint16)
+                    return np.asarray(im).astype(np.uint16, copy=False)
                 if im.mode == "I":
                     return np.asarray(im).astype(np.int32).clip(0, 65535).astype(np.uint16)
-                if im.mode == "F":
-                    return np.asarray(im)
                 return np.asarray(im)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise FormatError(
@@ -125,38 +285,96 @@ def _decode_pil(path: Path, max_pixels: int | None) -> np.ndarray:
                 f"image is larger than the decoding ceiling of {max_pixels} pixels "
                 "(raise max_pixels if the file is trusted)",
             ) from e
-        except (OSError, SyntaxError, ValueError) as e:
+        except (OSError, SyntaxError, ValueError, MemoryError) as e:
             raise FormatError(path, f"cannot decode image: {e}") from e
 
 
-def _decode_tiff(path: Path) -> np.ndarray:
+def _pil_view(path: Path, max_pixels: int | None) -> _RGBView:
+    arr = _decode_pil(path, max_pixels)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4)):
+        raise FormatError(path, f"unsupported image shape {arr.shape}")
+    return _RGBView(arr, "YX" if arr.ndim == 2 else "YXS", path)
+
+
+# --------------------------------------------------------------------------------------
+# TIFF: lazy
+def _tiff_view(path: Path, chunks: int, max_pixels: int | None) -> tuple[_RGBView, int | None]:
+    """Lazy view of the full-resolution image of a TIFF, and the band height for strips."""
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tf:
-            series = tf.series[0]
-            arr = series.asarray()
-            axes = series.axes
+        tf = tifffile.TiffFile(path)
     except Exception as e:  # tifffile raises many types on corrupt files
-        raise FormatError(path, f"cannot decode TIFF image: {e}") from e
-    return _tiff_to_yxc(arr, axes, path)
+        raise FormatError(path, f"cannot read TIFF image: {e}") from e
+    try:
+        if not tf.series:
+            raise FormatError(path, "TIFF file holds no image")
+
+        def npix(s) -> int:
+            try:
+                return int(np.prod([n for n, a in zip(s.shape, s.axes, strict=False) if a in "YX"]))
+            except Exception:
+                return 0
+
+        index = max(range(len(tf.series)), key=lambda i: npix(tf.series[i]))
+        series = tf.series[index]
+        page = series.keyframe
+        layout, prefix = _layout(series.axes, series.shape, path)
+        _check_strile_extent(tf, series, path)
+        if int(page.photometric) in _PIL_PHOTOMETRIC or (int(page.photometric) == 6 and int(page.compression) != 7):
+            logger.info("%s: TIFF photometric %s is decoded with PIL", path, page.photometric.name)
+            tf.close()
+            return _pil_view(path, max_pixels), None
+        raw: Any = None
+        row_block = None
+        if series.dataoffset is not None:  # uncompressed, contiguous
+            if layout in ("YX", "YXS"):  # plain reads of full-width row bands
+                dtype = np.dtype(series.dtype).newbyteorder(tf.byteorder)
+                raw = _RawRows(path, series.dataoffset, series.shape[len(prefix) :], dtype)
+                prefix, row_block = (), chunks
+            else:
+                with contextlib.suppress(Exception):
+                    raw = tifffile.memmap(path, series=index, level=0, mode="r")
+        if raw is None:
+            store = series.aszarr(level=0)
+            import zarr
+
+            raw = zarr.open(store, mode="r")
+            if not page.is_tiled:
+                rps = int(page.rowsperstrip or page.imagelength)
+                row_block = chunks * max(1, -(-rps // chunks))
+            # decode one tile/strip now, so that an undecodable file fails here
+            try:
+                probe = _RGBView(raw, layout, path, prefix)
+                probe[(slice(0, 3), slice(0, 1), slice(0, 1))]
+            except FormatError as e:
+                logger.info("%s: tifffile cannot decode it lazily (%s); trying PIL", path, e.message)
+                tf.close()
+                try:
+                    return _pil_view(path, max_pixels), None
+                except FormatError:
+                    raise e from None
+        else:
+            tf.close()
+        return _RGBView(raw, layout, path, prefix), row_block
+    except FormatError:
+        tf.close()
+        raise
+    except Exception as e:
+        tf.close()
+        raise FormatError(path, f"cannot read TIFF image: {e}") from e
 
 
-def _tiff_to_yxc(arr: np.ndarray, axes: str, path: Path) -> np.ndarray:
-    axes = axes.upper()
-    # drop leading singleton axes such as Q, Z, T
-    while arr.ndim > 2 and axes[0] not in "YXSC":
-        if arr.shape[0] != 1:
-            arr, axes = arr[0], axes[1:]
+def _check_strile_extent(tf: Any, series: Any, path: Path) -> None:
+    """Raise if a tile or strip of the full-resolution level lies beyond the end of the file."""
+    size = os.path.getsize(path)
+    for page in series.levels[0].pages:
+        if page is None:
             continue
-        arr, axes = arr[0], axes[1:]
-    if axes in ("YX",):
-        return arr
-    if axes in ("YXS", "YXC"):
-        return arr
-    if axes in ("SYX", "CYX"):
-        return np.moveaxis(arr, 0, -1)
-    raise FormatError(path, f"unsupported TIFF layout {axes} with shape {arr.shape}")
+        offsets = np.asarray(page.dataoffsets, dtype=np.uint64)
+        counts = np.asarray(page.databytecounts, dtype=np.uint64)
+        if len(offsets) and int((offsets + counts).max()) > size:
+            raise FormatError(path, f"TIFF file is truncated: image data ends beyond the file's {size} bytes")
 
 
 def read_image(
@@ -165,10 +383,14 @@ def read_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     chunks: int = 1024,
 ) -> da.Array:
-    """Read a release image as ``uint8`` RGB with dims ``(c, y, x)``.
+    """Read a release image lazily as ``uint8`` RGB with dims ``(c, y, x)``.
 
     The format is detected from the file's first bytes (release files are named ``.png``
-    whatever they hold). Images are converted with :func:`to_rgb8`.
+    whatever they hold). TIFFs are read lazily: only the tiles or strips under a chunk are
+    decoded when that chunk is computed, so memory stays bounded by the chunk size. PNG and
+    JPEG are decoded once (they have no random access) and converted chunk by chunk.
+    Pixels are converted with :func:`to_rgb8` (gray replicated, alpha composited over
+    white, 16-bit scaled by 1/257). Of a pyramidal TIFF, the full-resolution level is read.
 
     Parameters
     ----------
@@ -176,9 +398,9 @@ def read_image(
         The image file.
     max_pixels
         Ceiling on decoded pixels for PNG/JPEG (PIL's decompression-bomb guard); ``None``
-        lifts it entirely.
+        lifts it entirely. Lazily read TIFFs need no ceiling.
     chunks
-        Spatial chunk size of the returned dask array.
+        Spatial chunk size of the returned dask array (chunks are ``(3, chunks, chunks)``).
 
     Returns
     -------
@@ -187,15 +409,16 @@ def read_image(
     Raises
     ------
     FormatError
-        If the file is not a decodable PNG, JPEG or TIFF.
+        If the file is not a decodable PNG, JPEG or TIFF, is truncated, or is larger than
+        ``max_pixels`` (PNG/JPEG). A TIFF region that fails to decode later, when computed,
+        raises :class:`FormatError` too.
     """
     path = Path(path)
     fmt = sniff_image_format(path)
-    arr = _decode_tiff(path) if fmt == "tiff" else _decode_pil(path, max_pixels)
-    try:
-        rgb = to_rgb8(arr)
-    except ValueError as e:
-        raise FormatError(path, str(e)) from e
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise FormatError(path, f"image has no pixels (shape {rgb.shape})")
-    return da.from_array(np.moveaxis(rgb, -1, 0), chunks=(3, chunks, chunks))
+    if fmt == "tiff":
+        view, row_block = _tiff_view(path, chunks, max_pixels)
+    else:
+        view, row_block = _pil_view(path, max_pixels), None
+    if view.shape[1] == 0 or view.shape[2] == 0:
+        raise FormatError(path, f"image has no pixels (shape {view.shape})")
+    return _wrap(view, path, chunks, row_block)

@@ -22,10 +22,26 @@ def validate_slide_id(slide: str) -> str:
     separators, control characters (NUL included) or made only of dots are rejected, so
     that no id read from metadata or the hub can address a file outside its folder.
 
+    Parameters
+    ----------
+    slide
+        The slide id to check.
+
+    Returns
+    -------
+    ``slide``, unchanged.
+
     Raises
     ------
     StimageError
         If the id is unsafe.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> ssd.io.validate_slide_id("Mouse_Brain+Lung_Synth_01012025_Visium_2.5mm")
+    'Mouse_Brain+Lung_Synth_01012025_Visium_2.5mm'
+    >>> ssd.io.validate_slide_id("../etc/passwd")  # raises StimageError  # doctest: +SKIP
     """
     if not isinstance(slide, str) or not slide:
         raise StimageError(f"invalid slide id {slide!r}: empty")
@@ -54,6 +70,15 @@ class SlideFiles:
         ``<tech>/gene_exp/<slide>_count.csv``.
     annotation
         ``annotation/<slide>_anno.csv`` when it exists, else ``None``.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> files = ssd.io.find_slide(root, "GSE000001_GSM0000001")
+    >>> files.tech
+    'Visium'
+    >>> coords = ssd.io.read_coords(files.coord)
     """
 
     slide: str
@@ -105,7 +130,24 @@ class SlideFiles:
 
 
 def find_metadata(root: str | Path) -> Path | None:
-    """The metadata table of a dataset root, preferring the newest dated release."""
+    """The metadata table of a dataset root, preferring the newest dated release.
+
+    Parameters
+    ----------
+    root
+        Dataset root in the release layout.
+
+    Returns
+    -------
+    Path of the newest ``<root>/meta/meta_all_gene*.csv`` (by the ``MMDDYYYY`` date in its
+    name), or ``None`` when there is none.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> meta = ssd.io.read_metadata(ssd.io.find_metadata(root))
+    """
     meta = Path(root) / "meta"
     if not meta.is_dir():
         return None
@@ -121,7 +163,26 @@ def find_metadata(root: str | Path) -> Path | None:
 
 
 def list_slides(root: str | Path) -> dict[str, str]:
-    """Slide ids found on disk (by their coordinate files), mapped to their technology."""
+    """Slide ids found on disk (by their coordinate files), mapped to their technology.
+
+    Parameters
+    ----------
+    root
+        Dataset root in the release layout.
+
+    Returns
+    -------
+    Slide id -> ``"ST"``, ``"Visium"`` or ``"VisiumHD"``, for every
+    ``<root>/<tech>/coord/<slide>_coord.csv`` (empty when there is none).
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> slides = ssd.io.list_slides(root)
+    >>> slides["GSE000001_GSM0000001"]
+    'Visium'
+    """
     out: dict[str, str] = {}
     root = Path(root)
     for tech in TECHS:
@@ -153,6 +214,14 @@ def find_slide(root: str | Path, slide: str, tech: str | None = None) -> SlideFi
     ------
     SlideNotFoundError
         If the slide or one of its files is missing; the message lists close matches.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> files = ssd.io.find_slide(root, "Mouse_Brain_Synth_03292024_VIsiumHD")
+    >>> files.tech, files.counts.name
+    ('VisiumHD', 'Mouse_Brain_Synth_03292024_VIsiumHD_count.csv')
     """
     validate_slide_id(slide)
     root = Path(root)

@@ -66,6 +66,14 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
         If a required column is missing, a slide id is duplicated or unsafe as a file
         name (see :func:`~stimage_sd.io.validate_slide_id`), or a typed field does
         not parse; the message names the file, the line and the field.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> meta = ssd.io.read_metadata(ssd.io.find_metadata(root))
+    >>> meta.loc["GSE000001_GSM0000001", "tech"]
+    'Visium'
     """
     path = Path(path)
     sep = _sniff_delimiter(path)
@@ -131,15 +139,28 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
 
 
 def _record_lines(path: Path, sep: str, n: int) -> list[int]:
-    """1-based physical line on which each data record starts."""
+    """1-based physical line on which each data record starts.
+
+    Also checks the records: one that the CSV module cannot parse, or whose number of
+    fields differs from the header's (a ragged row, which pandas would silently shift into
+    the index or fill with missing values), raises :class:`FormatError` naming its line.
+    """
     starts: list[int] = []
     with open(path, encoding="utf-8-sig", newline="") as fh:
         text = fh.read()
     reader = csv.reader(io.StringIO(text), delimiter=sep)
-    next(reader, None)
-    line = reader.line_num
-    for _ in reader:
-        starts.append(line + 1)
+    try:
+        header = next(reader, [])
         line = reader.line_num
+        for row in reader:
+            if row:  # blank lines are skipped, as pandas does
+                if len(row) != len(header):
+                    raise FormatError(
+                        path, f"record has {len(row)} fields, the header has {len(header)}", line=line + 1
+                    )
+                starts.append(line + 1)
+            line = reader.line_num
+    except csv.Error as e:
+        raise FormatError(path, f"malformed record: {e}", line=reader.line_num) from e
     starts += [0] * (n - len(starts))
     return starts

@@ -48,6 +48,15 @@ class PixelSize:
         positional jitter of legacy ST) or ``"nearest-neighbour"`` (median distance).
     disagreement
         ``|pitch - radius| / pitch``.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> coords = ssd.io.read_coords(ssd.io.find_slide(root, "GSE000001_GSM0000001").coord)
+    >>> size = ssd.io.estimate_pixel_size(coords[["x", "y"]].to_numpy(), coords["r"].median(), "Visium")
+    >>> size.method
+    'pitch'
     """
 
     um_per_px: float
@@ -126,6 +135,15 @@ def estimate_pixel_size(
     Returns
     -------
     :class:`PixelSize`; the pitch estimate is used when available.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> files = ssd.io.find_slide(root, "Human_Breast_Synth_10142021_ST_A1")
+    >>> coords = ssd.io.read_coords(files.coord)
+    >>> xy, r = coords[["x", "y"]].to_numpy(), coords["r"].median()
+    >>> size = ssd.io.estimate_pixel_size(xy, r, "ST", spot_ids=coords.index, source=files.slide)
     """
     geom = GEOMETRY[tech]
     pitch_px, pitch_method = float("nan"), "nearest-neighbour"

@@ -34,7 +34,27 @@ def store_attrs(path: str | Path) -> dict[str, Any]:
 
 
 def is_complete(path: str | Path) -> bool:
-    """Whether ``path`` is a store whose completion marker is present."""
+    """Whether ``path`` is a store whose completion marker is present.
+
+    Parameters
+    ----------
+    path
+        A ``.zarr`` store folder (it need not exist).
+
+    Returns
+    -------
+    ``True`` when ``path`` is a folder whose ``attrs["stimage"]["complete"]`` is set
+    (written last by :func:`~stimage_sd.io.write`); ``False`` otherwise, for a missing
+    path or an interrupted write.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> store = ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores")
+    >>> ssd.io.is_complete(store)
+    True
+    """
     path = Path(path)
     if not path.is_dir():
         return False
@@ -78,6 +98,11 @@ def write(sdata: Any, path: str | Path, *, overwrite: bool = False) -> Path:
     then the folder is renamed into place. A reader therefore never sees a half-written
     store under ``path``, and a store without the marker is never taken as a result.
 
+    Multiscale images built by the converter (:func:`stimage_sd.io._pyramid.multiscale_image`)
+    are written level by level in bounded memory (level 0 from its lazy source, each
+    further level from the level written before it); other elements by
+    :meth:`spatialdata.SpatialData.write`.
+
     Parameters
     ----------
     sdata
@@ -90,6 +115,19 @@ def write(sdata: Any, path: str | Path, *, overwrite: bool = False) -> Path:
     Returns
     -------
     ``path``.
+
+    Raises
+    ------
+    StimageError
+        If ``path`` exists and ``overwrite`` is not set.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> sdata = ssd.io.read_slide(root, "GSE000001_GSM0000001")
+    >>> summary = ssd.tl.run_pipeline(sdata, n_domains=3)
+    >>> path = ssd.io.write(sdata, "stores/GSE000001_GSM0000001_analysed.zarr", overwrite=True)
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -100,7 +138,7 @@ def write(sdata: Any, path: str | Path, *, overwrite: bool = False) -> Path:
     attrs[MARKER] = False
     sdata.attrs[UNS_KEY] = attrs
     try:
-        sdata.write(tmp, overwrite=False)
+        _write_elements(sdata, tmp)
         _set_marker(tmp, True)
         if path.exists():
             trash = path.with_name(f".{path.name}{_TRASH_TAG}{uuid.uuid4().hex[:8]}")
@@ -114,6 +152,30 @@ def write(sdata: Any, path: str | Path, *, overwrite: bool = False) -> Path:
         raise
     sdata.attrs[UNS_KEY][MARKER] = True
     return path
+
+
+def _write_elements(sdata: Any, tmp: Path) -> None:
+    """Write every element into the new store ``tmp``; chunked pyramids level by level."""
+    import spatialdata as sd
+
+    from ._pyramid import consolidate, is_chunked_pyramid, write_multiscale_image
+
+    chunked = {k: v for k, v in sdata.images.items() if is_chunked_pyramid(v)}
+    if not chunked:
+        sdata.write(tmp, overwrite=False)
+        return
+    rest = sd.SpatialData(
+        images={k: v for k, v in sdata.images.items() if k not in chunked},
+        labels=dict(sdata.labels),
+        points=dict(sdata.points),
+        shapes=dict(sdata.shapes),
+        tables=dict(sdata.tables),
+        attrs=sdata.attrs,
+    )
+    rest.write(tmp, overwrite=False, consolidate_metadata=False)
+    for name, image in chunked.items():
+        write_multiscale_image(tmp, name, image)
+    consolidate(tmp)
 
 
 def read(path: str | Path, *, selection: tuple[str, ...] | None = None, check: bool = True) -> Any:
@@ -137,6 +199,13 @@ def read(path: str | Path, *, selection: tuple[str, ...] | None = None, check: b
     ------
     IncompleteStoreError
         If the store lacks its completion marker (an interrupted write).
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> sdata = ssd.io.read(ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores"))
+    >>> tables = ssd.io.read("stores/GSE000001_GSM0000001.zarr", selection=("tables",))
     """
     import spatialdata as sd
 

@@ -1,0 +1,177 @@
+"""Benchmark of batch conversion (``stimage_sd.io.convert_many``) on dask.distributed.
+
+Generates one release of N moderately sized Visium slides (``stimage_sd.datasets``) and, in
+one run, converts all of them three ways into fresh output folders:
+
+- ``serial``: the baseline, a plain loop over ``convert_slide`` in this process (warmed up
+  first: modules imported and the compiled count parser loaded before timing);
+- ``workers=1``: ``convert_many`` on a local cluster of one worker process;
+- ``workers=2``: ``convert_many`` on a local cluster of two worker processes.
+
+The cluster timings include everything a user waits for: starting the cluster, importing
+the converter in each worker, the run manifest. It prints a markdown table (wall time,
+slides/s, input MB/s, ratios vs the serial loop and vs one worker, and the CPU time of the
+process and its workers, and the mean number of slides in flight: summed task time over
+wall time) and the machine's load average before and after, since other
+processes sharing the cores skew the wall-time ratios (the CPU time per slide is not
+skewed by them: it shows what parallelism costs in extra work).
+
+Example::
+
+    python benchmarks/bench_batch.py --slides 16 --grid 60 --genes 8000 --um-per-px 1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MB = 1e6
+
+
+def _specs(n: int, grid: int, genes: int, um_per_px: float):
+    from stimage_sd.datasets import SlideSpec
+
+    return [
+        SlideSpec(
+            f"Human_Brain_Bench_{i:02d}012024_Visium", "Visium", grid=(grid, grid), n_genes=genes,
+            um_per_px=um_per_px, seed=100 + i,
+        )
+        for i in range(n)
+    ]
+
+
+def _release(workdir: Path, n: int, grid: int, genes: int, um_per_px: float) -> Path:
+    """The generated release, reused from an earlier run with the same parameters."""
+    from stimage_sd.datasets import make_release
+
+    root = workdir / f"release_n{n}_g{grid}_x{genes}_u{um_per_px}"
+    marker = root / ".bench_batch.json"
+    if marker.is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    t0 = time.perf_counter()
+    make_release(root, _specs(n, grid, genes, um_per_px))
+    marker.write_text(json.dumps({"n": n, "grid": grid, "genes": genes, "um_per_px": um_per_px}))
+    print(f"generated {n} slides in {time.perf_counter() - t0:.1f} s -> {root}", file=sys.stderr)
+    return root
+
+
+def _input_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.parent.name in ("image", "coord", "gene_exp"))
+
+
+def _warm_up(workdir: Path) -> None:
+    """Import everything and load the compiled parser, so the serial loop is timed warm."""
+    from stimage_sd.datasets import SlideSpec, make_slide
+    from stimage_sd.io import convert_slide
+
+    tiny = workdir / "warmup"
+    spec = SlideSpec("Human_Brain_Warmup_01012024_Visium", "Visium", grid=(6, 6), n_genes=200, um_per_px=8.0, n_markers=4, n_domains=2)
+    if not (tiny / "Visium" / "coord" / f"{spec.slide}_coord.csv").is_file():
+        make_slide(tiny, spec)
+    convert_slide(tiny, spec.slide, workdir / "warmup_out", overwrite=True)
+    shutil.rmtree(workdir / "warmup_out", ignore_errors=True)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the cluster's workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _serial(root: Path, slides: list[str], out: Path) -> float:
+    from stimage_sd.io import convert_slide
+
+    t0 = time.perf_counter()
+    for s in slides:
+        convert_slide(root, s, out, overwrite=True)
+    return time.perf_counter() - t0
+
+
+_BUSY: dict[int, float] = {}
+
+
+def _many(root: Path, slides: list[str], out: Path, workers: int) -> float:
+    from stimage_sd.io import convert_many
+
+    t0 = time.perf_counter()
+    results = convert_many(root, out, slides, workers=workers, progress=False)
+    dt = time.perf_counter() - t0
+    bad = [r for r in results if r.status != "converted"]
+    if bad:
+        raise SystemExit(f"workers={workers}: {len(bad)} slide(s) not converted: {bad[0].slide}: {bad[0].error}")
+    _BUSY[workers] = sum(r.seconds for r in results) / dt  # mean number of slides in flight
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--slides", type=int, default=16, help="number of generated slides (default 16)")
+    ap.add_argument("--grid", type=int, default=60, help="spot array rows = columns (default 60)")
+    ap.add_argument("--genes", type=int, default=8000, help="genes per slide (default 8000)")
+    ap.add_argument("--um-per-px", type=float, default=1.5, help="image pixel size, sets the image size (default 1.5)")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the generated release here (reused next time)")
+    args = ap.parse_args()
+
+    import logging
+    import warnings
+
+    logging.getLogger("stimage_sd").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="zarr v3 autosharding", category=UserWarning)
+    os.environ["STIMAGE_SD_NO_PROGRESS"] = "1"
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_batch_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        root = _release(workdir, args.slides, args.grid, args.genes, args.um_per_px)
+        slides = [s.slide for s in _specs(args.slides, args.grid, args.genes, args.um_per_px)]
+        n_in = _input_bytes(root)
+        _warm_up(workdir)
+        load_before = os.getloadavg()
+        times: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        for name, run in (
+            ("serial loop over convert_slide", lambda out: _serial(root, slides, out)),
+            ("convert_many, 1 worker", lambda out: _many(root, slides, out, 1)),
+            ("convert_many, 2 workers", lambda out: _many(root, slides, out, 2)),
+        ):
+            out = workdir / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            c0 = _cpu_seconds()
+            times[name] = run(out)
+            cpu[name] = _cpu_seconds() - c0
+            print(f"{name}: {times[name]:.1f} s, {cpu[name]:.1f} CPU s", file=sys.stderr)
+            shutil.rmtree(out, ignore_errors=True)
+        load_after = os.getloadavg()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    base, one = times["serial loop over convert_slide"], times["convert_many, 1 worker"]
+    print(
+        f"\n{args.slides} Visium slides, grid {args.grid}x{args.grid}, {args.genes} genes, "
+        f"{args.um_per_px} um/px; {n_in / MB:.0f} MB of input; python {platform.python_version()}, "
+        f"{len(os.sched_getaffinity(0))} usable cores; load average before {load_before[0]:.2f}, "
+        f"after {load_after[0]:.2f}\n"
+    )
+    print("| method | wall s | slides/s | MB/s in | vs serial | vs 1 worker | CPU s | CPU s / slide | slides in flight |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (name, t), busy in zip(times.items(), ("1", f"{_BUSY[1]:.2f}", f"{_BUSY[2]:.2f}"), strict=True):
+        print(
+            f"| {name} | {t:.1f} | {args.slides / t:.3f} | {n_in / MB / t:.1f} | {base / t:.2f}x | {one / t:.2f}x "
+            f"| {cpu[name]:.1f} | {cpu[name] / args.slides:.2f} | {busy} |"
+        )
+    ratio = one / times["convert_many, 2 workers"]
+    print(f"\n2 workers vs 1 worker: {ratio:.2f}x (target >= 1.6x on 2 cores): {'met' if ratio >= 1.6 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

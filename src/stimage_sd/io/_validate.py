@@ -1,0 +1,577 @@
+"""Checking a converted store against the data contract and, optionally, its release files.
+
+:func:`validate` never raises on a bad store: every check that fails (or cannot be run,
+e.g. because an element is missing or unreadable) becomes a :class:`Problem` of the
+returned :class:`ValidationReport`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._constants import (
+    IMAGE_KEY,
+    INSTANCE_KEY,
+    MICRON_CS,
+    PIXEL_CS,
+    REGION_KEY,
+    SHAPES_KEY,
+    TABLE_KEY,
+    UNS_KEY,
+)
+from .._errors import StimageError
+from .._logging import logger
+
+__all__ = ["Problem", "ValidationReport", "validate"]
+
+#: How many spot ids, genes or cells a problem lists before "and N more".
+_SHOW = 5
+#: Relative tolerance of float comparisons (float32 counts, pixel centres).
+_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One failed check.
+
+    Attributes
+    ----------
+    check
+        What was checked: ``"store"``, ``"marker"``, ``"elements"``, ``"table"``,
+        ``"shapes"``, ``"image"``, ``"link"``, ``"coordinates"``, ``"metadata"`` or, against
+        the release files, ``"source"``, ``"spots"``, ``"genes"``, ``"counts"``.
+    message
+        What is wrong, naming the spot, gene or element.
+    """
+
+    check: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.check}] {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    """The outcome of :func:`validate` for one store.
+
+    Attributes
+    ----------
+    path
+        The store.
+    source
+        The dataset root it was compared with, if any.
+    slide
+        The slide id recorded in the store (``None`` if unreadable).
+    problems
+        Every failed check; empty when the store is valid.
+    checks
+        Names of the checks that were run.
+    """
+
+    path: Path
+    source: Path | None = None
+    slide: str | None = None
+    problems: list[Problem] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check passed."""
+        return not self.problems
+
+    def add(self, check: str, message: str) -> None:
+        """Record a failed check."""
+        self.problems.append(Problem(check, message))
+
+    def __str__(self) -> str:
+        head = f"{self.path}: {'ok' if self.ok else f'{len(self.problems)} problem(s)'}"
+        if self.source is not None:
+            head += f" (compared with {self.source})"
+        return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+
+    def raise_if_invalid(self) -> None:
+        """Raise :class:`~stimage_sd.StimageError` listing the problems, if any."""
+        if self.problems:
+            raise StimageError(str(self))
+
+
+@contextlib.contextmanager
+def _guard(report: ValidationReport, check: str) -> Iterator[None]:
+    """Run a check; an unexpected exception becomes a problem instead of a crash."""
+    report.checks.append(check)
+    try:
+        yield
+    except StimageError as e:  # e.g. a malformed release file: its message names file and line
+        report.add(check, str(e))
+    except Exception as e:  # a hostile or damaged store may make anything fail
+        report.add(check, f"check could not complete: {type(e).__name__}: {e}")
+
+
+def _listing(items: list[Any], n: int | None = None) -> str:
+    n = len(items) if n is None else n
+    shown = ", ".join(repr(str(i)) for i in items[:_SHOW])
+    return shown + (f" and {n - _SHOW} more" if n > _SHOW else "")
+
+
+def validate(
+    path: str | Path,
+    source: str | Path | None = None,
+    *,
+    checksums: bool = True,
+    progress: bool | None = None,
+) -> ValidationReport:
+    """Check a converted slide against the data contract and, optionally, its release files.
+
+    Checks on the store alone:
+
+    - **marker**: the completion marker ``attrs["stimage"]["complete"]`` is set;
+    - **elements**: image ``"he"`` (when the slide was converted with its image), shapes
+      ``"spots"`` and table ``"table"`` exist and pass the SpatialData model validation;
+    - **image**: ``uint8``, dims ``(c, y, x)`` with 3 channels, level 0 of the recorded
+      ``image_shape``, each level half the previous (floor), the smallest level readable;
+    - **shapes**: integer index ``0..n-1``, one per table row, circles of the recorded
+      radius (or squares for bins);
+    - **link**: the table annotates ``"spots"`` (``region``/``region_key``/``instance_key``),
+      every ``obs["spot_id"]`` is a shapes index, shape centres equal ``obsm["spatial"]``;
+    - **table**: unique spot ids and gene names, ``var["gene_name"]``, raw counts (``X``,
+      or ``layers["counts"]`` after normalisation) CSR, ``int32``/``float32``, finite,
+      non-negative;
+    - **coordinates**: ``"global"`` is the identity for image and shapes; ``"micron"``
+      scales by the recorded µm/px when one was estimated;
+    - **metadata**: ``uns["stimage"]`` agrees with the table (slide, spot and gene counts)
+      and with ``attrs["stimage"]``.
+
+    With ``source`` (the dataset root the slide was converted from), also:
+
+    - **source**: the release files still have the recorded sizes (and SHA-256 checksums);
+    - **spots**: the store's spot ids are exactly the ids present in both the coordinate and
+      count files, in coordinate-file order, and the dropped ids match the record;
+    - **genes**: ``var["gene_name"]`` equals the count file's header, in order;
+    - **counts**: per-spot count totals, per-gene totals and every cell equal the count file
+      (streamed with :func:`~stimage_sd.io.read_counts`); centres equal the coordinate file.
+
+    Parameters
+    ----------
+    path
+        A ``.zarr`` store written by :func:`~stimage_sd.io.convert_slide`.
+    source
+        Dataset root in the release layout, to compare with.
+    checksums
+        With ``source``, compare SHA-256 checksums of the release files (sizes are always
+        compared).
+    progress
+        Progress bar while streaming the count file (``None``: the global setting).
+
+    Returns
+    -------
+    A :class:`ValidationReport`; ``report.ok`` tells whether the store is valid.
+    """
+    path = Path(path)
+    report = ValidationReport(path=path, source=None if source is None else Path(source))
+    if not path.is_dir():
+        report.add("store", "no such store (not a folder)")
+        return report
+    from ._store import MARKER, store_attrs
+
+    attrs = store_attrs(path)
+    report.checks.append("marker")
+    if not attrs:
+        report.add("marker", "not a stimage_sd store: no attrs['stimage'] on the root group")
+    elif attrs.get(MARKER) is not True:
+        if attrs.get("pending_table"):
+            report.add("marker", "completion marker missing: an interrupted table replacement (stimage-sd analyze); "
+                       "run the analysis again or stimage_sd.tl.recover_store to repair it")
+        else:
+            report.add("marker", "completion marker missing: an interrupted or foreign write; convert the slide again")
+
+    import spatialdata as sd
+
+    try:
+        sdata = sd.read_zarr(path)
+    except Exception as e:
+        report.add("store", f"spatialdata cannot read it: {type(e).__name__}: {e}")
+        return report
+
+    table = sdata.tables.get(TABLE_KEY)
+    shapes = sdata.shapes.get(SHAPES_KEY)
+    image = sdata.images.get(IMAGE_KEY)
+    meta: dict[str, Any] = {}
+    with _guard(report, "elements"):
+        if table is None:
+            report.add("elements", f"no table {TABLE_KEY!r} (elements: {_element_names(sdata)})")
+        else:
+            meta = dict(table.uns.get(UNS_KEY, {}) or {})
+            if not meta:
+                report.add("metadata", f"table.uns[{UNS_KEY!r}] is missing")
+        if shapes is None:
+            report.add("elements", f"no shapes {SHAPES_KEY!r} (elements: {_element_names(sdata)})")
+        if image is None and "image_shape" in meta:
+            report.add("elements", f"no image {IMAGE_KEY!r} although the slide was converted with one")
+    report.slide = str(meta.get("slide", attrs.get("slide"))) if (meta or attrs) else None
+
+    if table is not None:
+        with _guard(report, "table"):
+            _check_table(report, table, meta)
+        with _guard(report, "metadata"):
+            _check_metadata(report, table, meta, attrs)
+    if shapes is not None:
+        with _guard(report, "shapes"):
+            _check_shapes(report, shapes, meta)
+    if table is not None and shapes is not None:
+        with _guard(report, "link"):
+            _check_link(report, table, shapes)
+    if image is not None:
+        with _guard(report, "image"):
+            _check_image(report, image, meta)
+    with _guard(report, "coordinates"):
+        _check_coordinates(report, {k: v for k, v in ((IMAGE_KEY, image), (SHAPES_KEY, shapes)) if v is not None}, meta)
+
+    if source is not None and table is not None:
+        with _guard(report, "source"):
+            _check_source(report, Path(source), table, meta, checksums=checksums, progress=progress)
+    logger.debug("validated %s: %d problem(s)", path, len(report.problems))
+    return report
+
+
+def _element_names(sdata: Any) -> str:
+    names = [*sdata.images, *sdata.labels, *sdata.points, *sdata.shapes, *sdata.tables]
+    return ", ".join(names) or "none"
+
+
+# --------------------------------------------------------------------------- store alone
+
+
+def raw_counts(table: Any) -> Any:
+    """The raw count matrix of a table: ``layers["counts"]`` if present, else ``X``."""
+    return table.layers["counts"] if "counts" in table.layers else table.X
+
+
+def _check_table(report: ValidationReport, table: Any, meta: dict) -> None:
+    import scipy.sparse as sp
+    from spatialdata.models import TableModel
+
+    try:
+        TableModel().validate(table)
+    except Exception as e:
+        report.add("table", f"not a valid SpatialData table: {e}")
+    attrs = table.uns.get(TableModel.ATTRS_KEY, {}) or {}
+    region = attrs.get(TableModel.REGION_KEY)
+    region = [region] if isinstance(region, str) else list(np.atleast_1d(region)) if region is not None else []
+    if region != [SHAPES_KEY]:
+        report.add("link", f"table annotates {region!r}, expected [{SHAPES_KEY!r}]")
+    if attrs.get(TableModel.REGION_KEY_KEY) != REGION_KEY:
+        report.add("link", f"table region_key is {attrs.get(TableModel.REGION_KEY_KEY)!r}, expected {REGION_KEY!r}")
+    if attrs.get(TableModel.INSTANCE_KEY) != INSTANCE_KEY:
+        report.add("link", f"table instance_key is {attrs.get(TableModel.INSTANCE_KEY)!r}, expected {INSTANCE_KEY!r}")
+    if REGION_KEY in table.obs and not (table.obs[REGION_KEY].astype(str) == SHAPES_KEY).all():
+        report.add("link", f"obs[{REGION_KEY!r}] has values other than {SHAPES_KEY!r}")
+    if not table.obs_names.is_unique:
+        dup = table.obs_names[table.obs_names.duplicated()].unique()
+        report.add("table", f"duplicated spot ids in obs_names: {_listing(list(dup))}")
+    if not table.var_names.is_unique:
+        dup = table.var_names[table.var_names.duplicated()].unique()
+        report.add("table", f"duplicated gene names in var_names: {_listing(list(dup))}")
+    if "gene_name" not in table.var:
+        report.add("table", "var['gene_name'] (the original gene names) is missing")
+    X = raw_counts(table)
+    where = "layers['counts']" if "counts" in table.layers else "X"
+    if not sp.issparse(X) or X.format != "csr":
+        report.add("table", f"raw counts ({where}) are {type(X).__name__}, expected a CSR matrix")
+        X = sp.csr_matrix(X)
+    if X.dtype not in (np.int32, np.float32):
+        report.add("table", f"raw counts ({where}) have dtype {X.dtype}, expected int32 or float32")
+    data = X.data
+    if data.size:
+        bad = ~np.isfinite(data) | (data < 0)
+        if bad.any():
+            rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))[bad]
+            spots = table.obs_names[np.unique(rows)]
+            report.add("table", f"{int(bad.sum())} negative or non-finite raw count(s), spots {_listing(list(spots))}")
+    if "counts_dtype" in meta and str(meta["counts_dtype"]) != str(X.dtype):
+        report.add("table", f"raw counts are {X.dtype}, but uns records {meta['counts_dtype']}")
+    spatial = table.obsm.get("spatial")
+    if spatial is None:
+        report.add("table", "obsm['spatial'] (pixel centres) is missing")
+    else:
+        spatial = np.asarray(spatial)
+        if spatial.shape != (table.n_obs, 2):
+            report.add("table", f"obsm['spatial'] has shape {spatial.shape}, expected ({table.n_obs}, 2)")
+        elif not np.isfinite(spatial).all():
+            i = int(np.flatnonzero(~np.isfinite(spatial).all(axis=1))[0])
+            report.add("table", f"obsm['spatial'] is not finite for spot {table.obs_names[i]!r}")
+
+
+def _check_metadata(report: ValidationReport, table: Any, meta: dict, attrs: dict) -> None:
+    if not meta:
+        return
+    for key in ("slide", "tech"):
+        if key not in meta:
+            report.add("metadata", f"uns[{UNS_KEY!r}] lacks {key!r}")
+    if "n_spots" in meta and int(meta["n_spots"]) != table.n_obs:
+        report.add("metadata", f"uns records {meta['n_spots']} spots, the table has {table.n_obs}")
+    if "n_genes" in meta and int(meta["n_genes"]) != table.n_vars:
+        report.add("metadata", f"uns records {meta['n_genes']} genes, the table has {table.n_vars}")
+    for key in ("slide", "tech"):
+        if attrs and key in meta and key in attrs and str(attrs[key]) != str(meta[key]):
+            report.add("metadata", f"attrs[{UNS_KEY!r}][{key!r}] is {attrs[key]!r}, uns has {meta[key]!r}")
+
+
+def _check_shapes(report: ValidationReport, shapes: Any, meta: dict) -> None:
+    from spatialdata.models import ShapesModel
+
+    try:
+        ShapesModel().validate(shapes)
+    except Exception as e:
+        report.add("shapes", f"not valid SpatialData shapes: {e}")
+    n = len(shapes)
+    if not np.array_equal(np.asarray(shapes.index), np.arange(n)):
+        report.add("shapes", f"index is not 0..{n - 1}")
+    kind = meta.get("spot_shape")
+    geom = set(shapes.geometry.geom_type.unique()) if n else set()
+    if kind == "circle":
+        if geom - {"Point"} or "radius" not in shapes:
+            report.add("shapes", f"expected circles (points with a radius), got {sorted(geom)}")
+        elif "spot_radius_px" in meta and n:
+            r = shapes["radius"].to_numpy(dtype=float)
+            if not np.allclose(r, float(meta["spot_radius_px"]), rtol=_RTOL):
+                report.add("shapes", f"radii differ from the recorded spot radius {meta['spot_radius_px']}")
+    elif kind == "square" and geom - {"Polygon"}:
+        report.add("shapes", f"expected squares (polygons), got {sorted(geom)}")
+
+
+def _check_link(report: ValidationReport, table: Any, shapes: Any) -> None:
+    if INSTANCE_KEY not in table.obs:
+        report.add("link", f"obs[{INSTANCE_KEY!r}] is missing")
+        return
+    ids = table.obs[INSTANCE_KEY].to_numpy()
+    if len(ids) != len(shapes):
+        report.add("link", f"the table has {len(ids)} rows, shapes {SHAPES_KEY!r} has {len(shapes)}")
+    known = pd.Index(shapes.index)
+    missing = ~pd.Index(ids).isin(known)
+    if missing.any():
+        spots = table.obs_names[missing]
+        report.add("link", f"obs[{INSTANCE_KEY!r}] refers to no shape for spot(s) {_listing(list(spots), int(missing.sum()))}")
+        return
+    if pd.Index(ids).has_duplicates:
+        report.add("link", f"obs[{INSTANCE_KEY!r}] has duplicated values")
+    spatial = table.obsm.get("spatial")
+    if spatial is None or len(shapes) == 0:
+        return
+    geom = shapes.geometry.loc[ids]
+    if (geom.geom_type == "Point").all():
+        cx, cy = geom.x.to_numpy(), geom.y.to_numpy()
+    else:
+        c = geom.centroid
+        cx, cy = c.x.to_numpy(), c.y.to_numpy()
+    xy = np.asarray(spatial, dtype=float)
+    scale = max(1.0, float(np.abs(xy).max()) if xy.size else 1.0)
+    off = np.hypot(cx - xy[:, 0], cy - xy[:, 1]) > _RTOL * scale
+    if off.any():
+        spots = table.obs_names[off]
+        report.add("link", f"shape centres differ from obsm['spatial'] for spot(s) {_listing(list(spots), int(off.sum()))}")
+
+
+def _image_levels(image: Any) -> list[Any]:
+    """The levels of a single- or multiscale image, full resolution first."""
+    from spatialdata import get_pyramid_levels
+    from xarray import DataArray
+
+    if isinstance(image, DataArray):
+        return [image]
+    return list(get_pyramid_levels(image))
+
+
+def _check_image(report: ValidationReport, image: Any, meta: dict) -> None:
+    from spatialdata.models import Image2DModel
+
+    from ._pyramid import PYRAMID_MIN_SIDE, pyramid_levels
+
+    try:
+        Image2DModel().validate(image)
+    except Exception as e:
+        report.add("image", f"not a valid SpatialData image: {e}")
+    levels = _image_levels(image)
+    level0 = levels[0]
+    if tuple(level0.dims) != ("c", "y", "x"):
+        report.add("image", f"dims are {tuple(level0.dims)}, expected ('c', 'y', 'x')")
+        return
+    c, h, w = (int(s) for s in level0.shape)
+    if c != 3:
+        report.add("image", f"{c} channel(s), expected 3 (RGB)")
+    for i, lv in enumerate(levels):
+        if lv.dtype != np.uint8:
+            report.add("image", f"level {i} has dtype {lv.dtype}, expected uint8")
+            break
+    shape = meta.get("image_shape")
+    if shape is not None and [int(s) for s in shape] != [h, w]:
+        report.add("image", f"level 0 is {h}x{w}, uns records image_shape {list(shape)}")
+    expected_n = pyramid_levels(h, w)
+    if len(levels) != expected_n + 1:
+        report.add("image", f"{len(levels)} level(s), expected {expected_n + 1} (halving until the smallest side is <= {PYRAMID_MIN_SIDE})")
+    for i in range(1, len(levels)):
+        prev, cur = levels[i - 1].shape, levels[i].shape
+        if tuple(cur[1:]) != (prev[1] // 2, prev[2] // 2):
+            report.add("image", f"level {i} is {cur[1]}x{cur[2]}, expected half of level {i - 1} ({prev[1] // 2}x{prev[2] // 2})")
+            break
+    smallest = levels[-1]
+    try:
+        np.asarray(smallest.data.compute() if hasattr(smallest.data, "compute") else smallest.data)
+    except Exception as e:
+        report.add("image", f"level {len(levels) - 1} cannot be read: {type(e).__name__}: {e}")
+
+
+def _check_coordinates(report: ValidationReport, elements: dict[str, Any], meta: dict) -> None:
+    from spatialdata.transformations import Identity, get_transformation
+
+    ump = meta.get("um_per_px")
+    try:
+        ump = float(ump) if ump is not None else None
+    except (TypeError, ValueError):
+        ump = None
+    want_micron = ump is not None and math.isfinite(ump) and ump > 0
+    for name, el in elements.items():
+        tf = get_transformation(el, get_all=True)
+        if PIXEL_CS not in tf:
+            report.add("coordinates", f"{name!r} is not in the {PIXEL_CS!r} coordinate system")
+        elif not isinstance(tf[PIXEL_CS], Identity):
+            m = tf[PIXEL_CS].to_affine_matrix(("x", "y"), ("x", "y"))
+            if not np.allclose(m, np.eye(3)):
+                report.add("coordinates", f"{name!r}: the {PIXEL_CS!r} transformation is not the identity")
+        if want_micron:
+            if MICRON_CS not in tf:
+                report.add("coordinates", f"{name!r} is not in the {MICRON_CS!r} coordinate system (µm/px {ump})")
+            else:
+                m = tf[MICRON_CS].to_affine_matrix(("x", "y"), ("x", "y"))
+                expected = np.diag([ump, ump, 1.0])
+                if not np.allclose(m, expected, rtol=1e-9, atol=1e-12):
+                    report.add("coordinates", f"{name!r}: the {MICRON_CS!r} transformation is not a scale by {ump} µm/px")
+
+
+# --------------------------------------------------------------------------- with the release
+
+
+def _check_source(
+    report: ValidationReport, root: Path, table: Any, meta: dict, *, checksums: bool, progress: bool | None
+) -> None:
+    import scipy.sparse as sp
+
+    from ._coords import read_coords
+    from ._counts import read_counts
+    from ._layout import find_slide
+
+    slide, tech = meta.get("slide"), meta.get("tech")
+    if not slide:
+        report.add("source", "the store records no slide id; cannot compare with the release files")
+        return
+    try:
+        files = find_slide(root, str(slide), str(tech) if tech else None)
+    except StimageError as e:
+        report.add("source", str(e))
+        return
+    recorded = meta.get("source", {}) or {}
+    parts = {"image": files.image, "coord": files.coord, "counts": files.counts}
+    if files.annotation is not None:
+        parts["annotation"] = files.annotation
+    for part, p in parts.items():
+        rec = recorded.get(part)
+        if not rec:
+            continue
+        size = p.stat().st_size
+        if "size" in rec and int(rec["size"]) != size:
+            report.add("source", f"{p}: {size} bytes, but the store was converted from {rec['size']} bytes")
+        elif checksums and rec.get("sha256"):
+            from ._build import _sha256
+
+            if _sha256(p) != rec["sha256"]:
+                report.add("source", f"{p}: SHA-256 differs from the file the store was converted from")
+
+    coords = read_coords(files.coord)
+    counts = read_counts(files.counts, progress=progress)
+    count_ids = pd.Index(counts.spot_ids)
+    expected = coords.index[coords.index.isin(count_ids)]
+    got = pd.Index(table.obs_names)
+    report.checks.append("spots")
+    missing = expected[~expected.isin(got)]
+    extra = got[~got.isin(expected)]
+    if len(missing):
+        report.add("spots", f"{len(missing)} spot id(s) of the release are not in the store: {_listing(list(missing))}")
+    if len(extra):
+        report.add("spots", f"{len(extra)} spot id(s) of the store are not in both release files: {_listing(list(extra))}")
+    if not len(missing) and not len(extra) and not expected.equals(got):
+        report.add("spots", "spot ids are not in coordinate-file order")
+    dropped = meta.get("dropped_spots", {}) or {}
+    n_coord_only = int((~coords.index.isin(count_ids)).sum())
+    n_counts_only = int((~count_ids.isin(coords.index)).sum())
+    for key, n in (("coord_only", n_coord_only), ("counts_only", n_counts_only)):
+        rec_n = int((dropped.get(key) or {}).get("n", 0))
+        if rec_n != n:
+            report.add("spots", f"uns records {rec_n} dropped {key} spot(s), the release files have {n}")
+
+    report.checks.append("genes")
+    names = list(table.var["gene_name"]) if "gene_name" in table.var else list(table.var_names)
+    src_genes = [str(g) for g in counts.genes]
+    if [str(g) for g in names] != src_genes:
+        if len(names) != len(src_genes):
+            report.add("genes", f"the store has {len(names)} genes, the count file {len(src_genes)}")
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(names, src_genes, strict=True)) if str(a) != b)
+            report.add("genes", f"gene {i + 1} is {str(names[i])!r} in the store, {src_genes[i]!r} in the count file")
+        return
+
+    report.checks.append("counts")
+    common = got[got.isin(count_ids)]
+    if not len(common):
+        return
+    X = raw_counts(table)
+    X = X if sp.issparse(X) else sp.csr_matrix(X)
+    A = sp.csr_matrix(X[got.get_indexer(common)], dtype=np.float64)
+    B = sp.csr_matrix(counts.X[count_ids.get_indexer(common)], dtype=np.float64)
+    row_a, row_b = np.asarray(A.sum(axis=1)).ravel(), np.asarray(B.sum(axis=1)).ravel()
+    bad = ~np.isclose(row_a, row_b, rtol=1e-9, atol=0)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        detail = ", ".join(f"{common[i]!r}: store {_num(row_a[i])}, release {_num(row_b[i])}" for i in idx[:_SHOW])
+        more = f" and {len(idx) - _SHOW} more" if len(idx) > _SHOW else ""
+        report.add("counts", f"per-spot count totals differ for {len(idx)} spot(s): {detail}{more}")
+    col_a, col_b = np.asarray(A.sum(axis=0)).ravel(), np.asarray(B.sum(axis=0)).ravel()
+    badg = ~np.isclose(col_a, col_b, rtol=1e-9, atol=0)
+    if badg.any():
+        idx = np.flatnonzero(badg)
+        detail = ", ".join(f"{src_genes[j]!r}: store {_num(col_a[j])}, release {_num(col_b[j])}" for j in idx[:_SHOW])
+        more = f" and {len(idx) - _SHOW} more" if len(idx) > _SHOW else ""
+        report.add("counts", f"per-gene count totals differ for {len(idx)} gene(s): {detail}{more}")
+    # both sides come from the same float32/int32 values: any difference is real
+    D = (A - B).tocoo()
+    off = D.data != 0
+    if off.any():
+        order = np.lexsort((D.col[off], D.row[off]))
+        rows, cols = D.row[off][order], D.col[off][order]
+        cells = ", ".join(
+            f"spot {common[r]!r} gene {src_genes[c]!r}: store {_num(A[r, c])}, release {_num(B[r, c])}"
+            for r, c in zip(rows[:_SHOW], cols[:_SHOW], strict=True)
+        )
+        more = f" and {len(rows) - _SHOW} more" if len(rows) > _SHOW else ""
+        report.add("counts", f"{len(rows)} count(s) differ from the count file: {cells}{more}")
+
+    spatial = table.obsm.get("spatial")
+    if spatial is not None:
+        xy = np.asarray(spatial, dtype=float)[got.get_indexer(common)]
+        ref = coords.loc[common, ["x", "y"]].to_numpy()
+        off = np.hypot(*(xy - ref).T) > _RTOL * max(1.0, float(np.abs(ref).max()))
+        if off.any():
+            spots = common[off]
+            report.add("counts", f"centres differ from the coordinate file for spot(s) {_listing(list(spots), int(off.sum()))}")
+
+
+def _num(v: float) -> str:
+    v = float(v)
+    return str(int(v)) if v.is_integer() else f"{v:.6g}"

@@ -1,0 +1,159 @@
+"""Technology-aware spatial neighbour graph (squidpy :func:`squidpy.gr.spatial_neighbors`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from .._constants import GEOMETRY
+from .._logging import logger
+from ..pp._utils import get_table, quiet, slide_info
+
+__all__ = ["detect_lattice", "spatial_graph"]
+
+#: A layout is a regular lattice when at least this fraction of spots has its nearest
+#: neighbour within ``_PITCH_TOL`` of the median nearest-neighbour distance.
+_REGULAR_FRACTION = 0.9
+_PITCH_TOL = 0.1
+#: Neighbours closer than this multiple of the pitch count towards the coordination number.
+_SHELL = 1.25
+
+
+def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
+    """Describe the layout of spot centres: pitch, regularity and coordination number.
+
+    Parameters
+    ----------
+    xy
+        ``(n, 2)`` spot centres.
+
+    Returns
+    -------
+    dict with ``pitch`` (median nearest-neighbour distance, same unit as ``xy``),
+    ``regular_fraction`` (spots whose nearest neighbour is within 10 % of the pitch),
+    ``coordination`` (typical number of neighbours within 1.25 pitches: 6 on a hexagonal
+    grid, 4 on a square one) and ``lattice`` (``"hex"``, ``"square"`` or
+    ``"irregular"``).
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> coords = ssd.io.read_coords(ssd.io.find_slide(root, "GSE000001_GSM0000001").coord)
+    >>> ssd.tl.detect_lattice(coords[["x", "y"]].to_numpy())["lattice"]
+    'hex'
+    """
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(xy, dtype=np.float64)
+    n = len(xy)
+    if n < 3:
+        return {"pitch": float("nan"), "regular_fraction": 0.0, "coordination": 0, "lattice": "irregular"}
+    k = min(9, n)
+    dist, _ = cKDTree(xy).query(xy, k=k)
+    d1 = dist[:, 1]
+    pitch = float(np.median(d1))
+    if not pitch > 0:
+        return {"pitch": pitch, "regular_fraction": 0.0, "coordination": 0, "lattice": "irregular"}
+    regular = float(np.mean(np.abs(d1 - pitch) <= _PITCH_TOL * pitch))
+    counts = (dist[:, 1:] <= _SHELL * pitch).sum(axis=1)
+    coordination = int(np.quantile(counts, 0.75))
+    lattice = "irregular"
+    if regular >= _REGULAR_FRACTION:
+        lattice = {6: "hex", 4: "square"}.get(coordination, "irregular")
+    return {"pitch": pitch, "regular_fraction": regular, "coordination": coordination, "lattice": lattice}
+
+
+def spatial_graph(
+    data: Any,
+    *,
+    method: Literal["auto", "grid", "knn", "radius"] = "auto",
+    n_neighs: int | None = None,
+    radius: float | None = None,
+    n_rings: int = 1,
+    key_added: str = "spatial",
+    table_key: str = "table",
+) -> None:
+    """Build the spatial neighbour graph of a slide's spots.
+
+    Parameters
+    ----------
+    data
+        A converted slide (:class:`spatialdata.SpatialData`) or its table (uses
+        ``obsm["spatial"]``, pixels).
+    method
+        ``"auto"``: squidpy's grid builder (``coord_type="grid"``) when the spots form a
+        regular lattice, with 6 neighbours on a hexagonal grid (Visium, staggered ST) and
+        4 on a square grid (ST, VisiumHD bins); otherwise a k-nearest-neighbour graph
+        (``coord_type="generic"``). ``"grid"``, ``"knn"`` and ``"radius"`` force a
+        builder.
+    n_neighs
+        Neighbours per spot for ``"grid"``/``"knn"``; default from the detected lattice, or
+        the technology's grid (6 for Visium, 4 for ST and VisiumHD).
+    radius
+        Radius in pixels for ``"radius"`` (default 1.5 x the spot pitch).
+    n_rings
+        Rings of grid neighbours (``"grid"`` only).
+    key_added
+        Prefix of the keys written (squidpy's convention).
+    table_key
+        Table of a SpatialData.
+
+    Notes
+    -----
+    Writes ``obsp["{key_added}_connectivities"]``, ``obsp["{key_added}_distances"]`` and
+    ``uns["{key_added}_neighbors"]`` (squidpy's parameters, plus ``"stimage"``: the
+    builder used, detected lattice, pitch in pixels, regular fraction and tech).
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> sdata = ssd.io.read(ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores"))
+    >>> ssd.tl.spatial_graph(sdata)
+    >>> ssd.tl.spatial_graph(sdata, method="knn", n_neighs=8, key_added="knn8")
+    """
+    adata = get_table(data, table_key)
+    tech = slide_info(adata).get("tech")
+    lat = detect_lattice(adata.obsm["spatial"])
+    tech_neighs = {"hex": 6, "square": 4}.get(GEOMETRY[tech].grid, 6) if tech in GEOMETRY else 6
+    if method == "auto":
+        method = "grid" if lat["lattice"] in ("hex", "square") else "knn"
+        if method == "knn":
+            logger.info(
+                "spots are not on a regular grid (%.0f%% at the pitch, coordination %d): using a %d-NN graph",
+                100 * lat["regular_fraction"], lat["coordination"], n_neighs or tech_neighs,
+            )
+    with quiet("spatialdata._logging", "squidpy"):
+        k = _build(adata, method, lat, tech, tech_neighs, n_neighs, radius, n_rings, key_added)
+    params = adata.uns[f"{key_added}_neighbors"]
+    params["stimage"] = {
+        "method": method,
+        "lattice": lat["lattice"],
+        "n_neighs": int(k),
+        "pitch_px": float(lat["pitch"]),
+        "regular_fraction": float(lat["regular_fraction"]),
+        "tech": str(tech) if tech else "unknown",
+    }
+
+
+def _build(adata, method, lat, tech, tech_neighs, n_neighs, radius, n_rings, key_added) -> int:
+    import squidpy as sq
+
+    if method == "grid":
+        k = n_neighs or {"hex": 6, "square": 4}.get(lat["lattice"], tech_neighs)
+        if tech in GEOMETRY and lat["lattice"] in ("hex", "square") and lat["lattice"] != GEOMETRY[tech].grid:
+            logger.info("%s spots lie on a %s grid; using %d grid neighbours", tech, lat["lattice"], k)
+        sq.gr.spatial_neighbors(adata, coord_type="grid", n_neighs=k, n_rings=n_rings, key_added=key_added)
+    elif method == "knn":
+        k = n_neighs or tech_neighs
+        sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=k, key_added=key_added)
+    elif method == "radius":
+        r = float(radius) if radius is not None else 1.5 * lat["pitch"]
+        sq.gr.spatial_neighbors(adata, coord_type="generic", radius=r, key_added=key_added)
+        conn = adata.obsp[f"{key_added}_connectivities"]
+        k = int(np.median(np.diff(conn.indptr))) if conn.shape[0] else 0  # typical degree
+    else:
+        raise ValueError(f"method must be 'auto', 'grid', 'knn' or 'radius', got {method!r}")
+    return int(k)

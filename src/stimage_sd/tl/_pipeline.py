@@ -1,0 +1,215 @@
+"""The per-slide workflow in one call: QC → normalise → graph → domains → SVG (→ score)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .._constants import TABLE_KEY
+from .._logging import logger
+from ..pp._utils import get_table, slide_info
+
+__all__ = ["ANALYSIS_KEY", "analyze_store", "run_pipeline"]
+
+#: ``uns`` key recording the pipeline's parameters.
+ANALYSIS_KEY = "stimage_analysis"
+
+
+def run_pipeline(
+    data: Any,
+    *,
+    n_domains: int | None = None,
+    seed: int = 0,
+    normalize_method: str = "log1p",
+    n_top_genes: int = 2000,
+    spatial_weight: float = 0.8,
+    n_hops: int | None = None,
+    resolution: float = 0.5,
+    svg_genes: Any = None,
+    filter_spots: bool = False,
+    qc_kwargs: dict[str, Any] | None = None,
+    table_key: str = TABLE_KEY,
+) -> dict[str, Any]:
+    """Run the standard per-slide analysis with technology-aware defaults.
+
+    Steps: :func:`stimage_sd.pp.qc` (flags only), optionally :func:`stimage_sd.pp.filter`,
+    :func:`stimage_sd.pp.normalize`, :func:`stimage_sd.tl.spatial_graph`,
+    :func:`stimage_sd.tl.domains`, :func:`stimage_sd.tl.svg`, and
+    :func:`stimage_sd.tl.score_domains` when the slide is annotated. Running it again on
+    its own output gives the same results (it restarts from ``layers["counts"]``).
+
+    Parameters
+    ----------
+    data
+        A converted slide (:class:`spatialdata.SpatialData`) or its table; modified in
+        place.
+    n_domains
+        Number of spatial domains (``None``: Leiden at ``resolution``).
+    seed
+        Random seed of every step.
+    normalize_method
+        ``"log1p"`` or ``"pearson"``.
+    n_top_genes
+        Highly variable genes.
+    spatial_weight, n_hops, resolution
+        See :func:`stimage_sd.tl.domains`.
+    svg_genes
+        Genes tested for spatial variability (see :func:`stimage_sd.tl.svg`).
+    filter_spots
+        Remove spots flagged by QC before the analysis (default: keep them, flagged).
+    qc_kwargs
+        Extra arguments of :func:`stimage_sd.pp.qc`.
+    table_key
+        Table of a SpatialData.
+
+    Returns
+    -------
+    A summary: ``slide``, ``tech``, ``n_spots``, ``n_genes``, ``n_flagged``,
+    ``n_domains``, ``ari`` and ``nmi`` (``None`` without annotation), ``top_svg`` (10
+    genes) and ``seconds`` per step. The parameters are stored in
+    ``uns["stimage_analysis"]``.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> sdata = ssd.io.read(ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores"))
+    >>> summary = ssd.tl.run_pipeline(sdata, n_domains=3, seed=0)
+    >>> summary["ari"], summary["top_svg"][:3]  # doctest: +SKIP
+    """
+    from .. import __version__
+    from ..pp._normalize import normalize
+    from ..pp._qc import filter as filter_flagged
+    from ..pp._qc import qc
+    from ._domains import domains
+    from ._graph import spatial_graph
+    from ._score import score_domains
+    from ._svg import svg, top_svg
+
+    seconds: dict[str, float] = {}
+
+    def step(name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        seconds[name] = round(time.perf_counter() - t0, 3)
+        return out
+
+    step("qc", qc, data, table_key=table_key, **(qc_kwargs or {}))
+    n_removed = step("filter", filter_flagged, data, table_key=table_key) if filter_spots else 0
+    adata = get_table(data, table_key)
+    step("normalize", normalize, adata, method=normalize_method, n_top_genes=n_top_genes)
+    step("spatial_graph", spatial_graph, adata)
+    step(
+        "domains", domains, adata, n_domains,
+        resolution=resolution, spatial_weight=spatial_weight, n_hops=n_hops, seed=seed,
+    )
+    step("svg", svg, adata, genes=svg_genes, seed=seed)
+    scores = step("score", score_domains, adata)
+    info = slide_info(adata)
+    adata.uns[ANALYSIS_KEY] = {
+        "stimage_sd_version": __version__,
+        "steps": ["qc", *(["filter"] if filter_spots else []), "normalize", "spatial_graph", "domains", "svg",
+                  *(["score_domains"] if scores else [])],
+        "n_domains": int(n_domains) if n_domains is not None else 0,
+        "seed": int(seed),
+        "normalize_method": normalize_method,
+        "n_top_genes": int(n_top_genes),
+        "spatial_weight": float(spatial_weight),
+        "resolution": float(resolution),
+        "filter_spots": bool(filter_spots),
+    }
+    return {
+        "slide": info.get("slide", ""),
+        "tech": info.get("tech", ""),
+        "n_spots": int(adata.n_obs),
+        "n_genes": int(adata.n_vars),
+        "n_flagged": int(adata.obs["qc_outlier"].sum()) + int(n_removed or 0),
+        "n_removed": int(n_removed or 0),
+        "n_domains": int(adata.obs["domain"].cat.categories.size),
+        "ari": scores["ari"] if scores else None,
+        "nmi": scores["nmi"] if scores else None,
+        "top_svg": top_svg(adata, 10),
+        "seconds": seconds,
+    }
+
+
+def analyze_store(
+    path: str | Path,
+    *,
+    n_domains: int | None = None,
+    seed: int = 0,
+    report_dir: str | Path | None = None,
+    table_key: str = TABLE_KEY,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Analyse one converted store and write the results back into it.
+
+    Repairs an interrupted earlier write (:func:`stimage_sd.tl.recover_store`), reads
+    the store, runs :func:`run_pipeline`, replaces the store's table crash-safely
+    (:func:`stimage_sd.tl.replace_table`) and, with ``report_dir``, writes
+    ``<slide>_domains.png`` (domains over the H&E image), ``<slide>_qc.png`` and
+    ``<slide>_svg.png`` (the top spatially variable gene) there.
+
+    Parameters
+    ----------
+    path
+        A ``.zarr`` store written by :func:`stimage_sd.io.convert_slide`.
+    n_domains, seed, kwargs
+        See :func:`run_pipeline`.
+    report_dir
+        Folder for the figures (created if needed).
+    table_key
+        Table element.
+
+    Returns
+    -------
+    :func:`run_pipeline`'s summary plus ``store`` and ``figures`` (paths).
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> store = ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores")
+    >>> summary = ssd.tl.analyze_store(store, n_domains=3, report_dir="report")
+    >>> sdata = ssd.io.read(store)
+    """
+    from ..io._store import read
+    from ._writeback import recover_store, replace_table
+
+    path = Path(path)
+    recover_store(path)
+    sdata = read(path)
+    t0 = time.perf_counter()
+    summary = run_pipeline(sdata, n_domains=n_domains, seed=seed, table_key=table_key, **kwargs)
+    t_write = time.perf_counter()
+    replace_table(path, sdata.tables[table_key], table_key=table_key)
+    summary["seconds"]["write"] = round(time.perf_counter() - t_write, 3)
+    summary["store"] = str(path)
+    if not summary["slide"]:
+        summary["slide"] = path.name.removesuffix(".zarr")
+    figures: list[str] = []
+    if report_dir is not None:
+        from ..pl._qc import qc as plot_qc
+        from ..pl._spatial import spatial
+
+        report = Path(report_dir)
+        report.mkdir(parents=True, exist_ok=True)
+        stem = summary["slide"]
+        t_fig = time.perf_counter()
+        out = report / f"{stem}_domains.png"
+        spatial(sdata, "domain", save=out, table_key=table_key, title=f"{stem}: spatial domains")
+        figures.append(str(out))
+        out = report / f"{stem}_qc.png"
+        plot_qc(sdata, save=out, table_key=table_key)
+        figures.append(str(out))
+        if summary["top_svg"]:
+            gene = summary["top_svg"][0]
+            out = report / f"{stem}_svg.png"
+            spatial(sdata, gene, save=out, table_key=table_key, cmap="magma", title=f"{stem}: {gene} (top Moran's I)")
+            figures.append(str(out))
+        summary["seconds"]["figures"] = round(time.perf_counter() - t_fig, 3)
+    summary["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+    summary["figures"] = figures
+    logger.info("%s: analysed (%d domains) in %.1fs", summary["slide"], summary["n_domains"], summary["seconds"]["total"])
+    return summary
