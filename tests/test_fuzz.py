@@ -55,7 +55,9 @@ def _file(scratch: Path, data: bytes, name: str) -> Path:
 # --------------------------------------------------------------------------- generators
 
 _ID_CHARS = st.characters(codec="utf-8", exclude_characters="\r\n\x00", exclude_categories=("Cs",))
-spot_ids = st.lists(st.text(_ID_CHARS, min_size=1, max_size=12), min_size=1, max_size=25, unique=True)
+# control characters in spot ids are refused by the count reader (a documented error)
+_SPOT_CHARS = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
+spot_ids = st.lists(st.text(_SPOT_CHARS, min_size=1, max_size=12), min_size=1, max_size=25, unique=True)
 gene_names = st.lists(st.text(_ID_CHARS, min_size=1, max_size=10), min_size=1, max_size=12)
 
 
