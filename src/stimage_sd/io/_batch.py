@@ -581,6 +581,13 @@ def _setup_worker_process() -> None:
         logger.setLevel(logging.WARNING)
         logger.propagate = False
     warnings.filterwarnings("ignore", message=_NOISE, category=UserWarning)
+    threads = os.environ.get("STIMAGE_SD_TASK_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        # one slide per core: cap the count parser's thread pool (read_counts(workers=None)
+        # otherwise starts one parser per usable core, in every worker)
+        from . import _counts
+
+        _counts._MAX_WORKERS = int(threads)
 
 
 def _convert_task(
@@ -670,6 +677,8 @@ _WORKER_ENV = {
     "NUMBA_NUM_THREADS": "1",
     "BLOSC_NTHREADS": "1",
     "STIMAGE_SD_NO_PROGRESS": "1",
+    # threads of one slide's conversion (the count parser's pool), read by the task
+    "STIMAGE_SD_TASK_THREADS": "1",
 }
 
 
