@@ -385,3 +385,29 @@ def test_interrupted_replacement_is_detected_and_recovered(store_copy):
     assert ssd.tl.recover_store(store_copy) == "finished"
     assert "other" in sd.read_zarr(store_copy)["table"].obs
     assert ssd.io.is_complete(store_copy)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_convert_finishes_an_interrupted_table_swap(sample_root, sample_stores, tmp_path, batch):
+    """`convert` over a store whose `analyze` was killed mid-swap keeps the analysis."""
+    slide, store = next(iter(sample_stores.items()))
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / store.name
+    shutil.copytree(store, dest)
+    new = read(dest)["table"]
+    new.obs["analysis_result"] = np.arange(new.n_obs)
+    tmp, trash = _sibling(dest, "tmp"), _sibling(dest, "trash")
+    _write_table_store(new, tmp, "table")
+    _update_root_attrs(dest, {"complete": False, PENDING_KEY: {"table": "table", "tmp": tmp.name, "trash": trash.name}})
+    os.replace(dest / "tables" / "table", trash)  # killed between the two renames
+    assert not ssd.io.is_complete(dest)
+
+    if batch:
+        results = ssd.io.convert_many(sample_root, out, [slide], workers=0, progress=False)
+        assert [r.status for r in results] == ["skipped"]
+    else:
+        assert ssd.io.convert_slide(sample_root, slide, out) == dest
+    assert ssd.io.is_complete(dest)
+    np.testing.assert_array_equal(read(dest)["table"].obs["analysis_result"], np.arange(new.n_obs))
+    assert not list(out.glob(f".{dest.name}.*"))

@@ -45,7 +45,7 @@ from typing import Any
 from .._constants import TECHS
 from .._errors import StimageError
 from .._logging import logger, progress_enabled
-from ._convert import convert_slide, store_path
+from ._convert import convert_slide, finish_table_swap, store_path
 from ._layout import SlideFiles, find_metadata, list_slides
 from ._store import _TMP_TAG, _TRASH_TAG, cleanup_partial, is_complete, store_attrs
 
@@ -498,9 +498,14 @@ def _cleanup_partials(out_dir: Path) -> int:
     """Remove what interrupted writes left: ``.<slide>.zarr.tmp-*``/``.trash-*``, manifest temporaries."""
     import shutil
 
+    from ._store import journaled_siblings
+
     n = 0
     for tag in (_TMP_TAG, _TRASH_TAG):
         for p in out_dir.glob(f".*.zarr{tag}*"):
+            store = out_dir / p.name[1:].split(tag, 1)[0]
+            if p.name in journaled_siblings(store):  # an interrupted table swap: recoverable
+                continue
             shutil.rmtree(p, ignore_errors=True)
             n += 1
     for p in out_dir.glob(f".{MANIFEST_NAME}.tmp-*"):  # a manifest update cut short
@@ -581,17 +586,19 @@ def _setup_worker_process() -> None:
         logger.setLevel(logging.WARNING)
         logger.propagate = False
     warnings.filterwarnings("ignore", message=_NOISE, category=UserWarning)
-    threads = os.environ.get("STIMAGE_SD_TASK_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
-        # one slide per core. Otherwise every worker would run a count parser per usable
-        # core (read_counts(workers=None)) and zarr would encode chunks in a pool of
-        # cores + 4 threads: measured 1.25-1.3 busy cores per single-threaded worker.
+    threads = _task_threads()
+    if threads:
+        # one slide per core: zarr would otherwise encode chunks in a pool of cores + 4
+        # threads (measured 1.25-1.3 busy cores per single-threaded worker)
         import zarr
 
-        from . import _counts
+        zarr.config.set({"threading.max_workers": threads})  # before the first zarr I/O
 
-        _counts._MAX_WORKERS = int(threads)
-        zarr.config.set({"threading.max_workers": int(threads)})  # before the first zarr I/O
+
+def _task_threads() -> int | None:
+    """Threads one task may use (``STIMAGE_SD_TASK_THREADS``), ``None`` when unset."""
+    threads = os.environ.get("STIMAGE_SD_TASK_THREADS", "")
+    return int(threads) if threads.isdigit() and int(threads) > 0 else None
 
 
 def _convert_task(
@@ -614,6 +621,9 @@ def _convert_task(
             else:
                 stack.enter_context(warnings.catch_warnings())
                 warnings.filterwarnings("ignore", message=_NOISE, category=UserWarning)
+            threads = _task_threads() if on_worker else None
+            if threads:  # one count-parser thread per single-threaded worker
+                kwargs = {"count_workers": threads, **kwargs}
             dest = convert_slide(root, slide, out_dir, overwrite=True, progress=False, **kwargs)
         res = _store_result(slide, dest, "converted", **extra)
     except Exception as e:  # one bad slide must not stop the run
@@ -992,6 +1002,8 @@ def convert_many(
                 results[slide] = SlideResult(slide, "failed", error=str(e), finished_at=_now())
                 manifest.slides[slide] = results[slide].to_record()
                 continue
+            if not overwrite:
+                finish_table_swap(dest)
             if not overwrite and is_complete(dest):
                 res = _skipped_result(root, slide, dest, previous.get(slide, {}))
                 results[slide] = res

@@ -387,6 +387,7 @@ def read_slide(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     image_compression: str | None = DEFAULT_COMPRESSION,
     checksums: bool = True,
+    count_workers: int | None = None,
     progress: bool | None = None,
 ) -> Any:
     """Read one slide of the release into a SpatialData object.
@@ -413,6 +414,9 @@ def read_slide(
         :data:`stimage_sd.io._pyramid.COMPRESSIONS`).
     checksums
         Record SHA-256 checksums of the source files in the provenance.
+    count_workers
+        Parser threads of :func:`stimage_sd.io.read_counts` (default: the usable cores,
+        at most 8; a batch gives each single-threaded worker one).
     progress
         Show progress bars (``None``: the global setting).
 
@@ -455,7 +459,7 @@ def read_slide(
     logger.info("reading %s (%s)", slide, files.tech)
     metadata = _metadata_row(root, slide)
     coords = read_coords(files.coord)
-    counts = read_counts(files.counts, progress=progress)
+    counts = read_counts(files.counts, workers=count_workers, progress=progress)
     labels = label_column = None
     if files.annotation is not None:
         labels, label_column = read_annotation(files.annotation)

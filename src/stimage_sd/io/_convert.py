@@ -8,7 +8,7 @@ from typing import Any
 from .._logging import logger
 from ._build import read_slide
 from ._layout import validate_slide_id
-from ._store import cleanup_partial, is_complete, write
+from ._store import cleanup_partial, is_complete, journaled_siblings, write
 
 __all__ = ["convert_slide", "store_path"]
 
@@ -35,6 +35,18 @@ def store_path(out_dir: str | Path, slide: str) -> Path:
     """
     validate_slide_id(slide)
     return Path(out_dir) / f"{slide}.zarr"
+
+
+def finish_table_swap(dest: Path) -> None:
+    """Finish a table swap that an interrupted ``stimage-sd analyze`` left in ``dest``.
+
+    Such a store is incomplete only until the journaled swap is rolled forward or back
+    (:func:`stimage_sd.tl.recover_store`); reconverting it would throw the analysis away.
+    """
+    if journaled_siblings(dest):
+        from ..tl._writeback import recover_store
+
+        recover_store(dest)
 
 
 def convert_slide(
@@ -78,6 +90,8 @@ def convert_slide(
     >>> st = ssd.io.convert_slide(root, "Human_Breast_Synth_10142021_ST_A1", "stores", checksums=False)
     """
     dest = store_path(out_dir, slide)
+    if not overwrite:
+        finish_table_swap(dest)
     cleanup_partial(dest)
     if is_complete(dest) and not overwrite:
         logger.info("%s: already converted (%s); skipped", slide, dest)

@@ -72,17 +72,34 @@ def _set_marker(path: Path, value: bool) -> None:
     group.attrs.update({UNS_KEY: meta})
 
 
+#: Journal of an unfinished table swap in ``attrs["stimage"]`` (see
+#: :mod:`stimage_sd.tl._writeback`): the sibling folders it names are not garbage.
+PENDING_KEY = "pending_table"
+
+
+def journaled_siblings(path: str | Path) -> set[str]:
+    """Names of the sibling folders that an unfinished table swap of ``path`` still needs."""
+    pending = store_attrs(path).get(PENDING_KEY) if Path(path).is_dir() else None
+    if not isinstance(pending, dict):
+        return set()
+    return {str(pending[k]) for k in ("tmp", "trash") if pending.get(k)}
+
+
 def cleanup_partial(path: str | Path) -> list[Path]:
     """Remove temporary siblings left next to ``path`` by interrupted writes.
 
-    Returns the paths removed.
+    Siblings named in an unfinished table swap's journal are kept (they are needed to
+    recover the store). Returns the paths removed.
     """
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
         return removed
+    keep = journaled_siblings(path)
     for tag in (_TMP_TAG, _TRASH_TAG):
         for p in path.parent.glob(f".{path.name}{tag}*"):
+            if p.name in keep:
+                continue
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     if removed:

@@ -43,12 +43,9 @@ from typing import Any
 from .._constants import TABLE_KEY, UNS_KEY
 from .._errors import IncompleteStoreError, StimageError
 from .._logging import logger
-from ..io._store import MARKER, is_complete, store_attrs
+from ..io._store import MARKER, PENDING_KEY, is_complete, store_attrs
 
 __all__ = ["PENDING_KEY", "recover_store", "replace_table"]
-
-#: Journal of an unfinished table swap in ``attrs["stimage"]``.
-PENDING_KEY = "pending_table"
 
 
 def _update_root_attrs(path: Path, changes: dict[str, Any]) -> None:
