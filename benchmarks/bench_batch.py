@@ -5,8 +5,12 @@ one run, converts all of them three ways into fresh output folders:
 
 - ``serial``: the baseline, a plain loop over ``convert_slide`` in this process (warmed up
   first: modules imported and the compiled count parser loaded before timing);
-- ``workers=1``: ``convert_many`` on a local cluster of one worker process;
-- ``workers=2``: ``convert_many`` on a local cluster of two worker processes.
+- ``1 worker``: ``convert_many`` on a local cluster of one single-threaded worker
+  process (``threads_per_worker=1``);
+- ``2 workers``: ``convert_many`` on a local cluster of two single-threaded worker
+  processes; the ratio of the two is the scaling of the batch over workers;
+- ``1 worker x 2 threads`` (with ``--threaded-worker``): one worker whose slides may use
+  two threads (what ``workers=1`` gives by default on two cores).
 
 The cluster timings include everything a user waits for: starting the cluster, importing
 the converter in each worker, the run manifest. It prints a markdown table: wall time,
@@ -20,7 +24,7 @@ with the load average, since processes sharing the cores skew the wall-time rati
 
 Example::
 
-    python benchmarks/bench_batch.py --slides 10 --grid 70 --genes 30000 --um-per-px 0.9 --repeat 2
+    python benchmarks/bench_batch.py --slides 10 --grid 70 --genes 30000 --um-per-px 0.9 --repeat 2 --threaded-worker
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from datetime import datetime
 from pathlib import Path
 
 MB = 1e6
+ONE = "convert_many, 1 worker x 1 thread"
+TWO = "convert_many, 2 workers x 1 thread"
 
 
 def _specs(n: int, grid: int, genes: int, um_per_px: float):
@@ -108,25 +114,25 @@ def _serial(root: Path, slides: list[str], out: Path) -> float:
     return time.perf_counter() - t0
 
 
-_BUSY: dict[int, float] = {}
-_STEADY: dict[int, float] = {}
+_BUSY: dict[str, float] = {}
+_STEADY: dict[str, float] = {}
 
 
-def _many(root: Path, slides: list[str], out: Path, workers: int) -> float:
+def _many(name: str, root: Path, slides: list[str], out: Path, workers: int, threads: int) -> float:
     from stimage_sd.io import convert_many
 
     t0 = time.perf_counter()
-    results = convert_many(root, out, slides, workers=workers, progress=False)
+    results = convert_many(root, out, slides, workers=workers, threads_per_worker=threads, progress=False)
     dt = time.perf_counter() - t0
     bad = [r for r in results if r.status != "converted"]
     if bad:
         raise SystemExit(f"workers={workers}: {len(bad)} slide(s) not converted: {bad[0].slide}: {bad[0].error}")
-    _BUSY[workers] = sum(r.seconds for r in results) / dt  # mean number of slides in flight
+    _BUSY[name] = sum(r.seconds for r in results) / dt  # mean number of slides in flight
     # from the first slide started to the last finished: the run without cluster start-up
     # (worker processes spawned, converter imported), i.e. what a long run approaches
     starts = [datetime.fromisoformat(r.started_at).timestamp() for r in results]
     ends = [datetime.fromisoformat(r.finished_at).timestamp() for r in results]
-    _STEADY[workers] = max(ends) - min(starts)
+    _STEADY[name] = max(ends) - min(starts)
     return dt
 
 
@@ -138,6 +144,9 @@ def main() -> None:
     ap.add_argument("--um-per-px", type=float, default=0.9, help="image pixel size, sets the image size (default 0.9)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the generated release here (reused next time)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per method, fastest reported (default 1)")
+    ap.add_argument(
+        "--threaded-worker", action="store_true", help="also time one worker whose slides use 2 threads"
+    )
     args = ap.parse_args()
 
     import logging
@@ -157,11 +166,14 @@ def main() -> None:
         times: dict[str, float] = {}
         cpu: dict[str, float] = {}
         others: dict[str, float] = {}
-        methods = (
+        one_w, two_w, one_w2 = ONE, TWO, "convert_many, 1 worker x 2 threads"
+        methods = [
             ("serial loop over convert_slide", lambda out: _serial(root, slides, out)),
-            ("convert_many, 1 worker", lambda out: _many(root, slides, out, 1)),
-            ("convert_many, 2 workers", lambda out: _many(root, slides, out, 2)),
-        )
+            (one_w, lambda out: _many(one_w, root, slides, out, 1, 1)),
+            (two_w, lambda out: _many(two_w, root, slides, out, 2, 1)),
+        ]
+        if args.threaded_worker:
+            methods.append((one_w2, lambda out: _many(one_w2, root, slides, out, 1, 2)))
         busy: dict[str, float] = {}
         steady: dict[str, float] = {}
         for _ in range(args.repeat):
@@ -175,16 +187,15 @@ def main() -> None:
                 print(f"{name}: {t:.1f} s, {c:.1f} CPU s, others {o:.1f} CPU s", file=sys.stderr)
                 if name not in times or t < times[name]:
                     times[name], cpu[name], others[name] = t, c, o
-                    key = 1 if "1 worker" in name else 2
-                    busy[name] = _BUSY[key] if "worker" in name else 1.0
-                    steady[name] = _STEADY[key] if "worker" in name else t
+                    busy[name] = _BUSY.get(name, 1.0)
+                    steady[name] = _STEADY.get(name, t)
                 shutil.rmtree(out, ignore_errors=True)
         load_after = os.getloadavg()
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    base, one = times["serial loop over convert_slide"], times["convert_many, 1 worker"]
+    base, one = times["serial loop over convert_slide"], times[ONE]
     print(
         f"\n{args.slides} Visium slides, grid {args.grid}x{args.grid}, {args.genes} genes, "
         f"{args.um_per_px} um/px; {n_in / MB:.0f} MB of input; python {platform.python_version()}, "
@@ -196,14 +207,14 @@ def main() -> None:
         "| vs 1 worker without start-up | CPU s | CPU s / slide | slides in flight | other processes' CPU s |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    one_steady = steady["convert_many, 1 worker"]
+    one_steady = steady[ONE]
     for name, t in times.items():
         print(
             f"| {name} | {t:.1f} | {args.slides / t:.3f} | {n_in / MB / t:.1f} | {base / t:.2f}x | {one / t:.2f}x "
             f"| {steady[name]:.1f} | {one_steady / steady[name]:.2f}x "
             f"| {cpu[name]:.1f} | {cpu[name] / args.slides:.2f} | {busy[name]:.2f} | {others[name]:.1f} |"
         )
-    two = "convert_many, 2 workers"
+    two = TWO
     ratio, ratio_steady = one / times[two], one_steady / steady[two]
     print(
         f"\n2 workers vs 1 worker: {ratio:.2f}x end to end, {ratio_steady:.2f}x without cluster start-up "

@@ -276,6 +276,49 @@ def test_existing_scheduler_with_mem_resources_runs_slides_one_at_a_time(batch_r
     assert runs[-1]["mode"] == "cluster" and runs[-1]["scheduler"] == cluster.scheduler_address
 
 
+def _thread_names() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate()]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_per_worker_bounds_the_threads_of_a_slide(batch_root, serial, good, tmp_path, threads):
+    """A slide on a worker uses ``threads_per_worker`` threads: Zarr's codec pool is sized
+    to it, and with one thread the image pyramid is computed in the task's own thread (no
+    dask thread pool is started in the worker)."""
+    from distributed import Client, LocalCluster
+
+    slides = [s for s in good if s != BIG][:2]
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(
+        cluster, set_as_default=False
+    ) as client:
+        before = next(iter(client.run(_thread_names).values()))
+        results = convert_many(batch_root, out, slides, client=client, threads_per_worker=threads, progress=False)
+        after = next(iter(client.run(_thread_names).values()))
+    assert [r.status for r in results] == ["converted"] * len(slides)
+    for r in results:
+        _assert_same_store(r.path, serial[r.slide])
+    new = [n for n in after if n not in before]
+    assert 1 <= sum(n.startswith("zarr_pool") for n in new) <= threads, new
+    dask_pool = [n for n in new if n.startswith("ThreadPoolExecutor-")]
+    assert (dask_pool == []) if threads == 1 else (len(dask_pool) <= threads), new
+    assert json.loads((out / MANIFEST_NAME).read_text())["runs"][-1]["threads_per_worker"] == threads
+
+
+def test_threads_per_worker_default_and_validation(batch_root, tmp_path):
+    slide = "Human_Brain_Batch_02012024_Visium_2"
+    with pytest.raises(ValueError, match="threads_per_worker"):
+        convert_many(batch_root, tmp_path / "bad", [slide], workers=1, threads_per_worker=0)
+    # a local cluster shares the cores among its workers, as LocalCluster does
+    results = convert_many(batch_root, tmp_path / "out", [slide], workers=1, progress=False)
+    assert results[0].status == "converted"
+    run = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["runs"][-1]
+    assert run["mode"] == "local" and run["workers"] == 1
+    assert run["threads_per_worker"] == max(1, len(os.sched_getaffinity(0)))
+
+
 def _cost(slide: str, gib: float) -> SlideCost:
     return SlideCost(slide, "Visium", 1, 1, 0, 0, int(gib * 2**30))
 

@@ -240,6 +240,36 @@ def test_pyramid_write_memory_is_bounded(tmp_path):
     assert s3.shape == (3, 256, 256)
 
 
+@pytest.mark.parametrize("scheduler", ["synchronous", None])
+def test_pyramid_write_threads_follow_the_dask_scheduler(tmp_path, scheduler):
+    """With ``scheduler="synchronous"`` every level is computed in the calling thread
+    (single-threaded batch workers rely on it); otherwise dask's thread pool is used, even
+    when a distributed client would be the default."""
+    import threading
+
+    h, w, chunk = 512, 384, 64
+    ref = _pixels("RGB", "uint8", h=h, w=w)
+    seen: set[int] = set()
+
+    def block(x, block_info=None):
+        seen.add(threading.get_ident())
+        (y0, y1), (x0, x1) = block_info[0]["array-location"][1:]
+        return _cyx(ref)[:, y0:y1, x0:x1]
+
+    zeros = da.zeros((3, h, w), dtype=np.uint8, chunks=(3, chunk, chunk))
+    data = da.map_blocks(block, zeros, dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
+    tree = multiscale_image(data, chunk=chunk, n_levels=2)
+    store = tmp_path / "s.zarr"
+    sd.SpatialData().write(store)
+    with dask.config.set(scheduler=scheduler, num_workers=2):
+        write_multiscale_image(store, "he", tree, progress=False)
+    if scheduler == "synchronous":
+        assert seen == {threading.get_ident()}
+    else:
+        assert threading.get_ident() not in seen
+    np.testing.assert_array_equal(zarr.open_array(store / "images" / "he" / "s0", mode="r")[:], _cyx(ref))
+
+
 # --------------------------------------------------------------------------------------
 # pyramid method, level count, metadata
 def test_downsample_block_matches_reference():

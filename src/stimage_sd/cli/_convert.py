@@ -71,6 +71,11 @@ def convert(
         help="Memory limit per local worker, e.g. 8GB (default: the machine's available memory, so one "
         "large slide may use it all; slides run together only while their estimated peaks fit).",
     ),
+    threads_per_worker: int | None = typer.Option(
+        None, "--threads-per-worker", min=1,
+        help="Threads one slide's conversion may use on a worker. Default: the cores divided among the "
+        "local workers (1 with a worker per core); 1 on an existing cluster (--scheduler).",
+    ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Convert only the slides recorded as failed in OUT/manifest.json."),
     filters: CatalogFilter | None = None,
 ) -> None:
@@ -99,7 +104,7 @@ def convert(
     t0 = time.perf_counter()
     results = convert_many(
         root, out, ids, workers=workers, scheduler=scheduler, memory_limit=memory_limit,
-        overwrite=overwrite, retry_failed=retry_failed, checksums=checksums,
+        threads_per_worker=threads_per_worker, overwrite=overwrite, retry_failed=retry_failed, checksums=checksums,
     )
     _print_batch_summary(results, out, time.perf_counter() - t0, retry_failed=retry_failed)
     _report_failures(results)

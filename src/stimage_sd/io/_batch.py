@@ -575,9 +575,15 @@ def _describe(e: BaseException) -> str:
 _NOISE = "zarr v3 autosharding"
 
 
-def _setup_worker_process() -> None:
-    """Warnings of the converter on a worker's stderr, formatted; library noise silenced."""
+def _setup_worker_process(threads: int) -> None:
+    """Warnings of the converter on a worker's stderr, formatted; library noise silenced.
+
+    Zarr encodes chunks in a pool of (cores + 4) threads by default: capped to the
+    task's thread budget (before the first Zarr I/O of the process).
+    """
     import logging
+
+    import zarr
 
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -586,43 +592,52 @@ def _setup_worker_process() -> None:
         logger.setLevel(logging.WARNING)
         logger.propagate = False
     warnings.filterwarnings("ignore", message=_NOISE, category=UserWarning)
-    threads = _task_threads()
-    if threads:
-        # one slide per core: zarr would otherwise encode chunks in a pool of cores + 4
-        # threads (measured 1.25-1.3 busy cores per single-threaded worker)
-        import zarr
-
-        zarr.config.set({"threading.max_workers": threads})  # before the first zarr I/O
+    if zarr.config.get("threading.max_workers", None) != threads:
+        zarr.config.set({"threading.max_workers": threads})
 
 
-def _task_threads() -> int | None:
-    """Threads one task may use (``STIMAGE_SD_TASK_THREADS``), ``None`` when unset."""
-    threads = os.environ.get("STIMAGE_SD_TASK_THREADS", "")
-    return int(threads) if threads.isdigit() and int(threads) > 0 else None
+def _task_dask_config(threads: int) -> dict[str, Any]:
+    """Dask settings inside a task: its arrays computed in this process, on ``threads``.
+
+    A slide's dask collections (image pyramid) must not go back to the cluster; with one
+    thread they are computed in the task's own thread.
+    """
+    if threads == 1:
+        return {"scheduler": "synchronous"}
+    return {"scheduler": "threads", "num_workers": threads}
 
 
 def _convert_task(
-    root: str, slide: str, out_dir: str, kwargs: dict[str, Any], bytes_in: int, memory: int, on_worker: bool
+    root: str,
+    slide: str,
+    out_dir: str,
+    kwargs: dict[str, Any],
+    bytes_in: int,
+    memory: int,
+    on_worker: bool,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Convert one slide; never raises: returns the manifest record of the outcome."""
+    """Convert one slide; never raises: returns the manifest record of the outcome.
+
+    On a worker, the conversion uses ``threads`` threads (count parser, image pyramid,
+    Zarr codecs; default 1); in this process (``on_worker=False``) the defaults apply.
+    """
     import dask
 
     if on_worker:
-        _setup_worker_process()
+        threads = threads or 1
+        _setup_worker_process(threads)
     started, t0 = _now(), time.perf_counter()
     where = f"{socket.gethostname()}:{os.getpid()}"
     extra = {"bytes_in": bytes_in, "memory_estimate": memory, "worker": where, "started_at": started}
     try:
-        # inside a worker, dask collections (image pyramid, zarr writes) must not be sent
-        # back to the cluster: compute them in the task's own thread.
         with contextlib.ExitStack() as stack:
             if on_worker:
-                stack.enter_context(dask.config.set(scheduler="synchronous"))
+                stack.enter_context(dask.config.set(_task_dask_config(threads)))
             else:
                 stack.enter_context(warnings.catch_warnings())
                 warnings.filterwarnings("ignore", message=_NOISE, category=UserWarning)
-            threads = _task_threads() if on_worker else None
-            if threads:  # one count-parser thread per single-threaded worker
+            if threads:
                 kwargs = {"count_workers": threads, **kwargs}
             dest = convert_slide(root, slide, out_dir, overwrite=True, progress=False, **kwargs)
         res = _store_result(slide, dest, "converted", **extra)
@@ -683,17 +698,17 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-_WORKER_ENV = {
-    # one worker process per core: keep native thread pools from oversubscribing it
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "NUMBA_NUM_THREADS": "1",
-    "BLOSC_NTHREADS": "1",
-    "STIMAGE_SD_NO_PROGRESS": "1",
-    # threads of one slide's conversion (count parser, zarr codecs), applied by the task
-    "STIMAGE_SD_TASK_THREADS": "1",
-}
+def _worker_env(threads: int) -> dict[str, str]:
+    """Environment of local worker processes: native thread pools sized to ``threads``."""
+    n = str(threads)
+    return {
+        "OMP_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+        "OPENBLAS_NUM_THREADS": n,
+        "NUMBA_NUM_THREADS": n,
+        "BLOSC_NTHREADS": n,
+        "STIMAGE_SD_NO_PROGRESS": "1",
+    }
 
 
 def _dashboard_message(link: str | None) -> str:
@@ -705,7 +720,7 @@ def _dashboard_message(link: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _local_client(n_workers: int, memory_limit: int) -> Iterator[Any]:
+def _local_client(n_workers: int, memory_limit: int, threads: int = 1) -> Iterator[Any]:
     import logging
 
     import dask
@@ -727,14 +742,14 @@ def _local_client(n_workers: int, memory_limit: int) -> Iterator[Any]:
             memory_limit=memory_limit,
             dashboard_address=":8787",
             silence_logs=logging.ERROR,
-            env=dict(_WORKER_ENV),
+            env=_worker_env(threads),
         )
     try:
         client = Client(cluster, set_as_default=False)
         try:
             logger.info(
-                "local dask cluster: %d worker process(es), 1 thread and %.1f GiB memory limit each",
-                n_workers, memory_limit / 2**30,
+                "local dask cluster: %d worker process(es), one slide at a time on %d thread(s) and a "
+                "%.1f GiB memory limit each", n_workers, threads, memory_limit / 2**30,
             )
             logger.info("%s", _dashboard_message(cluster.dashboard_link))
             yield client
@@ -797,6 +812,7 @@ def _run_dask(
     *,
     slots: int | None,
     budget: int | None,
+    threads: int = 1,
 ) -> Iterator[dict[str, Any]]:
     from distributed import as_completed
 
@@ -814,7 +830,7 @@ def _run_dask(
             resources = {"MEM": min(float(cost.memory), max_mem)} if max_mem > 0 else None
             fut = client.submit(
                 _convert_task,
-                str(root), cost.slide, str(out_dir), kwargs, cost.bytes_in, cost.memory, True,
+                str(root), cost.slide, str(out_dir), kwargs, cost.bytes_in, cost.memory, True, threads,
                 key=f"stimage-convert-{token}-{cost.slide}",
                 pure=False,
                 resources=resources,
@@ -890,6 +906,7 @@ def convert_many(
     scheduler: str | None = None,
     memory_limit: int | str | None = None,
     memory_budget: int | str | None = None,
+    threads_per_worker: int | None = None,
     overwrite: bool = False,
     retry_failed: bool = False,
     progress: bool | None = None,
@@ -898,7 +915,7 @@ def convert_many(
     """Convert many slides in parallel, resumably, recording every outcome in a manifest.
 
     One task per slide on dask.distributed: a :class:`distributed.LocalCluster` started
-    for the run (one single-threaded worker process per core), an existing cluster given
+    for the run (one worker process per core; see ``threads_per_worker``), an existing cluster given
     by ``client`` or ``scheduler`` address (a SLURM or Kubernetes dask cluster works
     unchanged, provided the workers see ``root`` and ``out_dir`` at the same paths), or
     this process alone (``workers=0``).
@@ -940,6 +957,13 @@ def convert_many(
         a local cluster: the machine's available memory less the workers' own footprint
         (capped at ``workers x memory_limit``); for an existing cluster: no cap (use
         ``MEM`` worker resources, see the module documentation).
+    threads_per_worker
+        Threads one slide's conversion may use on a worker (count parser, image pyramid,
+        Zarr codecs); each worker converts one slide at a time per dask thread. Default:
+        on a local cluster the cores divided among the workers (as
+        :class:`distributed.LocalCluster` does: one thread each with a worker per core),
+        on an existing cluster 1 (a worker runs as many slides at once as it has threads).
+        Not used by ``workers=0``, which uses every core for one slide after another.
     overwrite
         Re-convert complete stores.
     retry_failed
@@ -968,6 +992,8 @@ def convert_many(
         raise ValueError("give at most one of client, scheduler and workers")
     if workers is not None and workers < 0:
         raise ValueError("workers must be >= 0")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise ValueError("threads_per_worker must be >= 1")
     # absolute paths: the tasks may run in other processes or on other machines
     root, out_dir = Path(root).absolute(), Path(out_dir).absolute()
     if not root.is_dir():
@@ -1030,8 +1056,10 @@ def convert_many(
                     stream = _run_serial(root, out_dir, plan, kwargs)
                 else:
                     slots = budget_eff = None
+                    threads = threads_per_worker or 1
                     if mode == "local":
                         n = workers or max(1, min(_cpu_count(), len(plan)))
+                        threads = threads_per_worker or max(1, _cpu_count() // n)
                         machine = _usable_memory() - n * WORKER_BASE
                         budget_eff = budget if budget is not None else max(machine, 1)
                         per_worker = limit if limit is not None else max(budget_eff, WORKER_BASE + plan[0].memory)
@@ -1043,7 +1071,7 @@ def convert_many(
                                 "(largest %s, %.1f GiB); they may be killed",
                                 len(big), per_worker / 2**30, big[0], plan[0].memory / 2**30,
                             )
-                        cl = stack.enter_context(_local_client(n, int(per_worker)))
+                        cl = stack.enter_context(_local_client(n, int(per_worker), threads))
                         slots = n
                         run.update(workers=n, memory_limit=int(per_worker), memory_budget=int(budget_eff))
                     else:
@@ -1053,8 +1081,9 @@ def convert_many(
                             budget_eff = budget
                             slots = max(1, sum(int(w.get("nthreads", 1)) for w in _workers_info(cl).values()))
                         run.update(scheduler=str(cl.scheduler.address), memory_budget=budget_eff)
+                    run.update(threads_per_worker=threads)
                     manifest.save()
-                    stream = _run_dask(cl, root, out_dir, plan, kwargs, slots=slots, budget=budget_eff)
+                    stream = _run_dask(cl, root, out_dir, plan, kwargs, slots=slots, budget=budget_eff, threads=threads)
                 advance = stack.enter_context(_run_progress(len(plan), total_in, progress_enabled(progress)))
                 for rec in stream:
                     res = _result_of(rec)

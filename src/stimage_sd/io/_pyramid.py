@@ -224,6 +224,23 @@ def _n_chunks(shape: Sequence[int], chunk: int) -> int:
     return -(-shape[1] // chunk) * -(-shape[2] // chunk)
 
 
+#: dask scheduler names that compute in the calling thread
+_SINGLE_THREADED = ("sync", "synchronous", "single-threaded")
+
+
+def _local_scheduler() -> str:
+    """The in-process dask scheduler for writing levels.
+
+    ``"synchronous"`` when the dask configuration asks for it (a batch worker with one
+    thread sets it, so a conversion stays on its one core), else ``"threads"`` (its
+    ``num_workers`` setting applies). Never a distributed client set as the default:
+    the Zarr targets are open in this process.
+    """
+    import dask
+
+    return "synchronous" if dask.config.get("scheduler", None) in _SINGLE_THREADED else "threads"
+
+
 def write_multiscale_image(
     store: str | Path,
     name: str,
@@ -237,7 +254,9 @@ def write_multiscale_image(
 
     Level 0 is computed from the image's ``scale0`` (lazy) data chunk by chunk; every
     further level is computed from the level written before it, re-opened from Zarr,
-    with :func:`downsample`. Peak memory is a few chunks per thread.
+    with :func:`downsample`. Peak memory is a few chunks per thread. Levels are computed
+    with dask's threaded scheduler, or in the calling thread when the dask configuration
+    sets ``scheduler="synchronous"`` (as :func:`convert_many`'s single-threaded workers do).
 
     Parameters
     ----------
@@ -315,7 +334,7 @@ def write_multiscale_image(
             targets = [_Counting(arrays[k + i], advance) for i in range(len(sources))]
             for i, s in enumerate(sources):
                 assert s.shape == shapes[k + i], (s.shape, shapes[k + i])
-            da.store(sources, targets, lock=False, scheduler="threads")
+            da.store(sources, targets, lock=False, scheduler=_local_scheduler())
             k += len(sources)
             if k < len(shapes):
                 prev = da.from_zarr(arrays[k - 1], chunks=(c, chunk, chunk))
