@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 
@@ -179,8 +180,10 @@ def count_files(draw):
 def test_matches_pandas(spec, chunk, workers):
     genes, ids, values, opts = spec
     data = write_counts(genes, ids, values, **opts)
-    c = read_counts(io.BytesIO(data), chunk_bytes=chunk, workers=workers)
+    c = read_counts(io.BytesIO(data), chunk_bytes=chunk, workers=workers, checksum=bool(chunk % 2))
     check_against_oracle(c, data, genes, ids)
+    # the checksum is of every byte of the stream, whatever the block size
+    assert c.sha256 == (hashlib.sha256(data).hexdigest() if chunk % 2 else None)
 
 
 @SETTINGS

@@ -459,7 +459,7 @@ def read_slide(
     logger.info("reading %s (%s)", slide, files.tech)
     metadata = _metadata_row(root, slide)
     coords = read_coords(files.coord)
-    counts = read_counts(files.counts, workers=count_workers, progress=progress)
+    counts = read_counts(files.counts, workers=count_workers, checksum=checksums, progress=progress)
     labels = label_column = None
     if files.annotation is not None:
         labels, label_column = read_annotation(files.annotation)
@@ -467,8 +467,8 @@ def read_slide(
     provenance = {}
     for part, p in {**files.required(), **({"annotation": files.annotation} if files.annotation else {})}.items():
         entry: dict[str, Any] = {"file": str(p.relative_to(root)), "size": p.stat().st_size}
-        if checksums:
-            entry["sha256"] = _sha256(p)
+        if checksums:  # the count file's was computed while it was parsed
+            entry["sha256"] = counts.sha256 if part == "counts" and counts.sha256 else _sha256(p)
         provenance[part] = entry
     return build_sdata(
         slide=slide,

@@ -12,6 +12,7 @@ constant (a few blocks), whatever the file size.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import re
@@ -51,12 +52,15 @@ class Counts:
         Spot ids in row order (object array of str).
     genes
         Gene names in column order, verbatim (duplicates kept; object array of str).
+    sha256
+        SHA-256 of the bytes read (hex), when :func:`read_counts` was asked for it.
 
     """
 
     X: sp.csr_matrix
     spot_ids: np.ndarray
     genes: np.ndarray
+    sha256: str | None = None
 
 
 def read_counts(
@@ -66,6 +70,7 @@ def read_counts(
     chunk_bytes: int = _DEFAULT_CHUNK,
     workers: int | None = None,
     dtype: str | np.dtype | type | None = None,
+    checksum: bool = False,
     progress: bool | None = None,
 ) -> Counts:
     r"""Read a dense count CSV into a sparse matrix, streaming, in bounded memory.
@@ -92,6 +97,9 @@ def read_counts(
     dtype
         ``None`` (default): ``int32`` when every value is an integer below ``2**31``, else
         ``float32``. ``"float32"`` forces ``float32``.
+    checksum
+        Also compute the SHA-256 of the bytes read (the whole file for a path) on the way,
+        in :attr:`Counts.sha256`, instead of reading the file a second time for it.
     progress
         Show a progress bar over the bytes read (``None``: the global setting).
 
@@ -123,7 +131,7 @@ def read_counts(
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         workers = max(1, min(_MAX_WORKERS, cores or 1))
     keep = None if spots is None else {str(s) for s in spots}
-    with _Source(source) as src:
+    with _Source(source, checksum=checksum) as src:
         genes, first_line, carry, eof = _read_header(src)
         acc = _Accumulator(src, genes, first_line, keep, force_float=dtype is not None)
         with progress_bar(
@@ -132,6 +140,7 @@ def read_counts(
             advance(src.consumed - len(carry))
             _stream(src, acc, carry, eof, chunk_bytes, workers, advance)
         counts = acc.finish()
+        counts.sha256 = src.hexdigest()
     logger.debug(
         "read %s: %d spots x %d genes, %d non-zeros (%s)",
         src.name,
@@ -155,8 +164,9 @@ def read_counts(
 class _Source:
     """A path or binary file object, read sequentially into caller buffers."""
 
-    def __init__(self, source: str | Path | BinaryIO) -> None:
+    def __init__(self, source: str | Path | BinaryIO, checksum: bool = False) -> None:
         self.consumed = 0
+        self._hash = hashlib.sha256() if checksum else None
         if isinstance(source, str | Path):
             self.name = str(source)
             self._file = open(source, "rb", buffering=0)
@@ -196,8 +206,14 @@ class _Source:
             if not got:
                 break
             total += got
+        if self._hash is not None and total:
+            self._hash.update(view[:total])
         self.consumed += total
         return total
+
+    def hexdigest(self) -> str | None:
+        """SHA-256 of every byte read so far (``None`` unless asked for)."""
+        return None if self._hash is None else self._hash.hexdigest()
 
 
 def _read_header(src: _Source, piece: int = 1 << 16) -> tuple[np.ndarray, int, bytes, bool]:
