@@ -303,7 +303,7 @@ def test_threads_per_worker_bounds_the_threads_of_a_slide(batch_root, serial, go
     new = [n for n in after if n not in before]
     assert 1 <= sum(n.startswith("zarr_pool") for n in new) <= threads, new
     dask_pool = [n for n in new if n.startswith("ThreadPoolExecutor-")]
-    assert (dask_pool == []) if threads == 1 else (len(dask_pool) <= threads), new
+    assert (dask_pool == []) if threads == 1 else (1 <= len(dask_pool) <= threads), new
     assert json.loads((out / MANIFEST_NAME).read_text())["runs"][-1]["threads_per_worker"] == threads
 
 
