@@ -24,7 +24,7 @@ DEFAULT_UM_PER_PX: dict[str, float] = {"ST": 0.91, "Visium": 3.4, "VisiumHD": 0.
 
 _IMAGE_FORMATS = ("png", "jpeg", "tiff")
 _IMAGE_MODES = ("RGB", "RGBA", "L", "RGB16")
-_LAYOUTS = ("layers", "blobs")
+_LAYOUTS = ("layers", "blobs", "curved_layers", "varied_blobs")
 
 
 @dataclass
@@ -49,8 +49,12 @@ class SlideSpec:
     n_domains
         Number of spatial domains (each has its own marker genes).
     domain_layout
-        ``"layers"`` (curved cortical-like bands) or ``"blobs"`` (tumour/immune islands in
-        stroma; domain 0 is the stroma).
+        ``"layers"`` (curved cortical-like bands), ``"blobs"`` (tumour/immune islands in
+        stroma; domain 0 is the stroma), ``"curved_layers"`` (strongly folded bands, every
+        other one thin: a few spots across on Visium) or ``"varied_blobs"`` (like
+        ``"blobs"``, with one more island per compartment and island areas spread from
+        ~0.2x to ~3x their mean). The last two, with weak markers (``marker_fold`` 1.5-2.5),
+        are the layouts that tell spatial-domain methods apart (``benchmarks/bench_domains.py``).
     domain_names
         Label of each domain in the annotation file; ``None``: ``L1``, ``L2``, ..., ``WM``
         for layers and ``Stroma``, ``Tumor``, ``TLS``, ... for blobs.
@@ -99,6 +103,9 @@ class SlideSpec:
     tissue_fraction
         Rough fraction of the array covered by tissue (an irregular blob); ``1.0`` keeps
         every array position.
+    spot_dropout
+        Fraction of the on-tissue spots removed at random (seeded), as after heavy QC
+        filtering or on a sparsely sampled array; ``0`` keeps them all.
     seed
         Random seed; the same spec and seed give byte-identical files.
     cancer, pmid, title, abstract, keywords
@@ -140,6 +147,7 @@ class SlideSpec:
     label_column: str = "V2"
     margin_px: int | None = None
     tissue_fraction: float = 0.85
+    spot_dropout: float = 0.0
     seed: int = 0
     cancer: bool = False
     pmid: str | None = None
@@ -172,6 +180,8 @@ class SlideSpec:
             raise StimageError("tiff_tile must be a multiple of 16")
         if self.domain_layout not in _LAYOUTS:
             raise StimageError(f"domain_layout must be one of {_LAYOUTS}, got {self.domain_layout!r}")
+        if not 0.0 <= self.spot_dropout < 1.0:
+            raise StimageError(f"slide {self.slide!r}: spot_dropout must be in [0, 1), got {self.spot_dropout}")
         if self.density is not None and not 0.0 < self.density < 1.0:
             raise StimageError("density must be between 0 and 1")
         if not self.depth > 0:

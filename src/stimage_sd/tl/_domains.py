@@ -8,13 +8,23 @@ typing and tissue domain segmentation for scalable spatial omics data analysis",
 2. ``M``: the neighbourhood mean of ``Z``, ``M = P^h Z`` with ``P`` the row-normalised
    spatial graph (:func:`stimage_sd.tl.spatial_graph`) and ``h`` hops (a random-walk
    kernel over roughly ``h`` rings of spots).
-3. Features ``[sqrt(1 - λ) Z, sqrt(λ) M]``: ``λ`` (``spatial_weight``) trades a spot's own
-   expression for its neighbourhood's; BANKSY recommends ``λ = 0.8`` for domains
-   (``λ = 0`` is plain expression clustering).
+3. Features ``[sqrt(1 - λ) Z / ||Z||, sqrt(λ) M / ||M||]``, each block centred and scaled
+   to a total variance of 1 first (``||.||``: square root of the block's total variance),
+   so that ``λ`` (``spatial_weight``) is exactly the neighbourhood's share of the feature
+   variance, as with BANKSY's z-scored blocks. Without this scaling averaging shrinks the
+   neighbourhood block (to about a third of the variance at ``λ = 0.8``) and ``λ`` does
+   not mean what it says. ``λ = 0`` is plain expression clustering.
 4. Clustering: Leiden (Traag et al., *Sci Rep* 2019; igraph implementation) on the kNN
    graph of the features, with a bisection on the resolution when a number of domains is
-   requested (as BANKSY does), or KMeans / a Gaussian mixture with exactly ``n_domains``
-   components.
+   requested (as BANKSY does), or KMeans / a tied Gaussian mixture with exactly
+   ``n_domains`` components.
+
+The defaults (``λ = 0.8``; KMeans when a number of domains is given, Leiden otherwise;
+30 PCs; 2 hops on ST/Visium and 5 on VisiumHD bins)
+were chosen with ``benchmarks/bench_domains.py`` (weak markers, thin folded layers, blobs
+of varied size, sparse ST arrays, HD bins; results in ``benchmarks/RESULTS.md``): on
+those layouts it matches or beats the smoothing baseline (PCs averaged over the spatial
+neighbours twice, then KMeans), non-spatial Leiden, banksy-py and CellCharter.
 
 Every random step is seeded, so the same input and seed give the same domains.
 """
@@ -31,8 +41,11 @@ from .._errors import StimageError
 from .._logging import logger
 from ..pp._utils import get_table, slide_info
 
-__all__ = ["DEFAULT_HOPS", "domains", "neighbourhood_features"]
+__all__ = ["DEFAULT_HOPS", "DEFAULT_SPATIAL_WEIGHT", "domains", "neighbourhood_features"]
 
+#: Default ``λ``: share of the feature variance given to the neighbourhood block
+#: (chosen with ``benchmarks/bench_domains.py``).
+DEFAULT_SPATIAL_WEIGHT = 0.8
 #: Default hops of neighbourhood averaging per technology.
 DEFAULT_HOPS = {"ST": 2, "Visium": 2, "VisiumHD": 5}
 _MAX_BISECTIONS = 30
@@ -54,7 +67,15 @@ def _row_normalised(adj) -> sparse.csr_matrix:
 
 
 def neighbourhood_features(z: np.ndarray, adjacency, n_hops: int, spatial_weight: float) -> np.ndarray:
-    """``[sqrt(1 - λ) Z, sqrt(λ) P^h Z]``: own and neighbourhood-averaged features.
+    """``[sqrt(1 - λ) Z / ||Z||, sqrt(λ) M / ||M||]``: own and neighbourhood features, scaled.
+
+    ``M = P^h Z`` is the neighbourhood mean of the (centred) features ``Z``. Averaging
+    shrinks variance (noise most), so each block is first centred and divided by the
+    square root of its total variance (the sum of its column variances); the weights
+    then make ``λ`` exactly the neighbourhood block's share of the total feature
+    variance, as BANKSY's z-scored blocks do (Singhal et al. 2024). The columns inside a
+    block keep their relative variances, so leading principal components keep their
+    weight.
 
     Parameters
     ----------
@@ -65,18 +86,44 @@ def neighbourhood_features(z: np.ndarray, adjacency, n_hops: int, spatial_weight
     n_hops
         Averaging steps ``h``.
     spatial_weight
-        ``λ`` in ``[0, 1]``.
+        ``λ`` in ``[0, 1]``: share of the feature variance carried by the neighbourhood
+        block (``0``: the own block alone is returned).
+
+    Returns
+    -------
+    ``(n, 2 d)`` float32 features (``(n, d)`` when ``λ = 0`` or ``h = 0``) with total
+    variance 1, of which the last ``d`` columns carry ``λ``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import sparse
+    >>> from stimage_sd.tl._domains import neighbourhood_features
+    >>> z = np.random.default_rng(0).normal(size=(100, 5))
+    >>> ring = sparse.diags([1, 1], [1, -1], shape=(100, 100))
+    >>> f = neighbourhood_features(z, ring, 2, 0.8)
+    >>> round(float(f[:, 5:].var(axis=0).sum() / f.var(axis=0).sum()), 3)
+    0.8
     """
     if not 0.0 <= spatial_weight <= 1.0:
         raise ValueError(f"spatial_weight must be in [0, 1], got {spatial_weight}")
     z = np.asarray(z, dtype=np.float64)
+    z = _unit_block(z)
     if spatial_weight == 0 or n_hops <= 0:
         return z.astype(np.float32)
     P = _row_normalised(adjacency)
     m = z
     for _ in range(int(n_hops)):
         m = P @ m
+    m = _unit_block(m)
     return np.hstack([np.sqrt(1.0 - spatial_weight) * z, np.sqrt(spatial_weight) * m]).astype(np.float32)
+
+
+def _unit_block(x: np.ndarray) -> np.ndarray:
+    """Centre the columns and scale the block to a total variance of 1 (0 if constant)."""
+    x = x - x.mean(axis=0, keepdims=True)
+    total = float(x.var(axis=0).sum())
+    return x / np.sqrt(total) if total > 0 else x
 
 
 def _relabel_by_size(labels: np.ndarray) -> pd.Categorical:
@@ -162,10 +209,10 @@ def domains(
     n_domains: int | None = None,
     *,
     resolution: float = 0.5,
-    spatial_weight: float = 0.8,
+    spatial_weight: float = DEFAULT_SPATIAL_WEIGHT,
     n_hops: int | None = None,
     n_pcs: int = 30,
-    method: Literal["leiden", "kmeans", "gmm"] = "leiden",
+    method: Literal["auto", "leiden", "kmeans", "gmm"] = "auto",
     n_neighbors: int = 15,
     seed: int = 0,
     key_added: str = "domain",
@@ -187,16 +234,21 @@ def domains(
     resolution
         Leiden resolution when ``n_domains`` is ``None``.
     spatial_weight
-        ``λ`` in ``[0, 1]``: weight of the neighbourhood features; ``0`` clusters
-        expression alone (a non-spatial baseline).
+        ``λ`` in ``[0, 1]``: share of the feature variance given to the neighbourhood
+        (the blocks are scaled so that it is exactly that share); ``0`` clusters
+        expression alone (a non-spatial baseline), ``1`` the neighbourhood alone.
+        Default 0.8 (see the module documentation for how it was chosen).
     n_hops
         Neighbourhood averaging steps over the spatial graph; default
         :data:`DEFAULT_HOPS` for the slide's technology.
     n_pcs
         Principal components of the highly variable genes.
     method
-        ``"leiden"`` (default), ``"kmeans"`` or ``"gmm"`` (the last two need
-        ``n_domains``).
+        ``"auto"`` (default): ``"kmeans"`` when ``n_domains`` is given, else
+        ``"leiden"`` at ``resolution``. ``"leiden"`` (with a resolution search when
+        ``n_domains`` is given), ``"kmeans"`` or ``"gmm"`` (a Gaussian mixture with a
+        covariance matrix shared by the components, ``covariance_type="tied"``); the
+        last two need ``n_domains``.
     n_neighbors
         Neighbours of the expression kNN graph used by Leiden.
     seed
@@ -214,7 +266,8 @@ def domains(
     ``obsm["X_pca"]``/``varm["PCs"]``/``uns["pca"]`` (scanpy), ``obsm["X_{key_added}"]``
     (the clustered features), for Leiden ``obsp["{key_added}_knn_connectivities"]`` and
     ``obsp["{key_added}_knn_distances"]``, and ``uns["{key_added}"]`` (parameters:
-    method, spatial_weight, n_hops, n_pcs, resolution used, n_domains found, seed).
+    method, spatial_weight, n_hops, n_pcs, feature_scaling, resolution used, n_domains
+    found, seed).
 
     Examples
     --------
@@ -230,6 +283,8 @@ def domains(
     adata = get_table(data, table_key)
     if "stimage_normalize" not in adata.uns and "log1p" not in adata.uns:
         raise StimageError("tl.domains needs normalised expression: run stimage_sd.pp.normalize first")
+    if method == "auto":
+        method = "kmeans" if n_domains is not None else "leiden"
     if method in ("kmeans", "gmm") and n_domains is None:
         raise ValueError(f"method={method!r} needs n_domains")
     conn_key = f"{graph_key}_connectivities"
@@ -274,7 +329,7 @@ def domains(
         from sklearn.mixture import GaussianMixture
 
         labels = GaussianMixture(
-            n_components=int(n_domains), covariance_type="diag", n_init=3, random_state=seed
+            n_components=int(n_domains), covariance_type="tied", n_init=3, random_state=seed
         ).fit_predict(feats)
     else:
         raise ValueError(f"method must be 'leiden', 'kmeans' or 'gmm', got {method!r}")
@@ -285,6 +340,7 @@ def domains(
         "spatial_weight": float(spatial_weight),
         "n_hops": hops if spatial_weight > 0 else 0,
         "n_pcs": int(n_comps),
+        "feature_scaling": "block_variance",
         "n_domains_requested": int(n_domains) if n_domains is not None else 0,
         "n_domains": found,
         "seed": int(seed),
