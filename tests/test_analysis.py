@@ -18,9 +18,16 @@ from scipy import sparse
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import stimage_sd as ssd
-from stimage_sd._errors import IncompleteStoreError, StimageError
+from stimage_sd.errors import IncompleteStoreError, StimageError
 from stimage_sd.io import read
-from stimage_sd.tl._writeback import PENDING_KEY, _sibling, _update_root_attrs, _write_table_store
+from stimage_sd.io._transaction import (
+    PENDING_KEY,
+    TMP_TAG,
+    TRASH_TAG,
+    _update_root_attrs,
+    _write_table_store,
+    temp_sibling,
+)
 
 TECHS = ("Visium", "ST", "VisiumHD")
 
@@ -320,7 +327,7 @@ def store_copy(analysis_slides, tmp_path):
 def test_replace_table_writes_results_back(store_copy):
     sdata = read(store_copy)
     ssd.pp.qc(sdata)
-    ssd.tl.replace_table(store_copy, sdata["table"])
+    ssd.io.replace_table(store_copy, sdata["table"])
     assert ssd.io.is_complete(store_copy)
     back = read(store_copy)["table"]
     assert "qc_outlier" in back.obs and back.uns["stimage_qc"]["n_spots"] == back.n_obs
@@ -342,7 +349,7 @@ def test_interrupted_replacement_is_detected_and_recovered(store_copy):
     element = store_copy / "tables" / "table"
 
     def journal():
-        tmp, trash = _sibling(store_copy, "tmp"), _sibling(store_copy, "trash")
+        tmp, trash = temp_sibling(store_copy, TMP_TAG, "table"), temp_sibling(store_copy, TRASH_TAG, "table")
         _write_table_store(new, tmp, "table")
         _update_root_attrs(
             store_copy, {"complete": False, PENDING_KEY: {"table": "table", "tmp": tmp.name, "trash": trash.name}}
@@ -350,10 +357,10 @@ def test_interrupted_replacement_is_detected_and_recovered(store_copy):
         return tmp, trash
 
     # 1. killed while writing the new table: the store is untouched and complete
-    _write_table_store(new, _sibling(store_copy, "tmp"), "table")
+    _write_table_store(new, temp_sibling(store_copy, TMP_TAG, "table"), "table")
     assert ssd.io.is_complete(store_copy)
     _tables_equal(read(store_copy)["table"], old)
-    assert ssd.tl.recover_store(store_copy) == "ok"
+    assert ssd.io.recover_store(store_copy) == "ok"
     assert not list(store_copy.parent.glob(f".{store_copy.name}.*"))
 
     # 2. killed between the two renames: incomplete, then rolled forward to the new table
@@ -362,7 +369,7 @@ def test_interrupted_replacement_is_detected_and_recovered(store_copy):
     assert not ssd.io.is_complete(store_copy)
     with pytest.raises(IncompleteStoreError):
         read(store_copy)
-    assert ssd.tl.recover_store(store_copy) == "rolled_forward"
+    assert ssd.io.recover_store(store_copy) == "rolled_forward"
     assert ssd.io.is_complete(store_copy)
     assert "marker_column" in read(store_copy)["table"].obs
     assert not list(store_copy.parent.glob(f".{store_copy.name}.*"))
@@ -374,7 +381,7 @@ def test_interrupted_replacement_is_detected_and_recovered(store_copy):
     tmp, trash = journal()
     os.replace(element, trash)
     shutil.rmtree(tmp)
-    assert ssd.tl.recover_store(store_copy) == "rolled_back"
+    assert ssd.io.recover_store(store_copy) == "rolled_back"
     _tables_equal(read(store_copy)["table"], previous)
 
     # 4. killed after the swap, before the marker: finished
@@ -382,7 +389,7 @@ def test_interrupted_replacement_is_detected_and_recovered(store_copy):
     os.replace(element, trash)
     os.replace(tmp / "tables" / "table", element)
     assert not ssd.io.is_complete(store_copy)
-    assert ssd.tl.recover_store(store_copy) == "finished"
+    assert ssd.io.recover_store(store_copy) == "finished"
     assert "other" in sd.read_zarr(store_copy)["table"].obs
     assert ssd.io.is_complete(store_copy)
 
@@ -397,14 +404,14 @@ def test_convert_finishes_an_interrupted_table_swap(sample_root, sample_stores, 
     shutil.copytree(store, dest)
     new = read(dest)["table"]
     new.obs["analysis_result"] = np.arange(new.n_obs)
-    tmp, trash = _sibling(dest, "tmp"), _sibling(dest, "trash")
+    tmp, trash = temp_sibling(dest, TMP_TAG, "table"), temp_sibling(dest, TRASH_TAG, "table")
     _write_table_store(new, tmp, "table")
     _update_root_attrs(dest, {"complete": False, PENDING_KEY: {"table": "table", "tmp": tmp.name, "trash": trash.name}})
     os.replace(dest / "tables" / "table", trash)  # killed between the two renames
     assert not ssd.io.is_complete(dest)
 
     if batch:
-        results = ssd.io.convert_many(sample_root, out, [slide], workers=0, progress=False)
+        results = ssd.batch.convert_many(sample_root, out, [slide], workers=0, progress=False)
         assert [r.status for r in results] == ["skipped"]
     else:
         assert ssd.io.convert_slide(sample_root, slide, out) == dest

@@ -97,7 +97,7 @@ def test_analyze_writes_results_report_and_is_repeatable(stores, tmp_path, capsy
 def test_analyze_reports_failures_and_goes_on(stores, tmp_path, capsys):
     broken = tmp_path / "broken.zarr"
     shutil.copytree(stores["VisiumHD"], broken)
-    ssd.io._store._set_marker(broken, False)  # an interrupted conversion
+    ssd.io._transaction.set_marker(broken, False)  # an interrupted conversion
     missing = tmp_path / "missing.zarr"
     report = tmp_path / "report"
     rc = main(["-q", "analyze", str(broken), str(missing), "--report", str(report), "--domains", "3"])

@@ -21,17 +21,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stimage_sd._errors import StimageError
-from stimage_sd.io._batch import (
-    MANIFEST_NAME,
-    SlideCost,
-    _admit,
-    _run_lock,
-    convert_many,
-    estimate_cost,
-    read_manifest,
-)
-from stimage_sd.io._store import is_complete
+from stimage_sd.batch import MANIFEST_NAME, SlideCost, convert_many, estimate_cost, read_manifest
+from stimage_sd.batch._manifest import run_lock
+from stimage_sd.batch._workers import _admit
+from stimage_sd.errors import StimageError
+from stimage_sd.io import is_complete
 
 BROKEN = "GSE900000_GSM9000006"
 BIG = "Human_Brain_Batch_01012024_Visium_big"
@@ -389,13 +383,13 @@ def test_one_run_per_output_folder(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock.write_text(json.dumps({"host": os.uname().nodename, "pid": sleeper.pid}))
-        with pytest.raises(StimageError, match=f"pid {sleeper.pid}"), _run_lock(out):
+        with pytest.raises(StimageError, match=f"pid {sleeper.pid}"), run_lock(out):
             pass
     finally:
         sleeper.kill()
         sleeper.wait()
     # the lock of a dead run is taken over, and released at the end
-    with _run_lock(out):
+    with run_lock(out):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stimage_sd._errors import SlideNotFoundError, StimageError
 from stimage_sd.cli import main
 from stimage_sd.cli._filters import read_slide_list
-from stimage_sd.io import Catalog, read_metadata, study_of
-from stimage_sd.io._hub import repo_path
+from stimage_sd.errors import SlideNotFoundError, StimageError
+from stimage_sd.hub import Catalog, study_of
+from stimage_sd.io import read_metadata
+from stimage_sd.io._layout import release_path as repo_path
 
 META_NAME = "meta_all_gene02122025.csv"
 

@@ -13,8 +13,8 @@ import spatialdata as sd
 
 import stimage_sd as ssd
 from stimage_sd import datasets
-from stimage_sd._errors import FormatError, IncompleteStoreError, SlideNotFoundError
 from stimage_sd.cli import main
+from stimage_sd.errors import FormatError, IncompleteStoreError, SlideNotFoundError
 from stimage_sd.io import find_slide, to_rgb8
 
 SPECS = {s.slide: s for s in datasets.SAMPLE_SPECS}
@@ -321,5 +321,5 @@ def test_cli_single_missing_slide(root_copy, tmp_path, capsys):
 
 def test_unsafe_slide_id_refused(root_copy, tmp_path):
     for bad in ("../etc", "a/b", "..", "x\x00y"):
-        with pytest.raises(ssd._errors.StimageError, match="invalid slide id"):
+        with pytest.raises(ssd.StimageError, match="invalid slide id"):
             ssd.io.convert_slide(root_copy, bad, tmp_path / "out")

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from corpus import CASES, Base, Expected, corpus_table, make_base
-from stimage_sd._errors import StimageError
+from stimage_sd.batch import MANIFEST_NAME
 from stimage_sd.cli import main
+from stimage_sd.errors import StimageError
 from stimage_sd.io import convert_slide, is_complete, read
-from stimage_sd.io._batch import MANIFEST_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,7 +222,7 @@ def test_unsafe_ids_refused_by_every_entry_point(bad, corpus_base, tmp_path):
 @pytest.mark.parametrize("bad", ["../../evil", "a/b", "..", "x\x00y"])
 def test_hub_download_refuses_unsafe_ids(bad, tmp_path, monkeypatch):
     """Refused before the Hub is contacted or any path is built (offline, empty root)."""
-    from stimage_sd.io import download, plan_download
+    from stimage_sd.hub import download, plan_download
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root = tmp_path / "root"
@@ -235,8 +235,8 @@ def test_hub_download_refuses_unsafe_ids(bad, tmp_path, monkeypatch):
 
 def test_catalog_refuses_unsafe_metadata_ids(corpus_base, tmp_path):
     from corpus import metadata_evil_id
-    from stimage_sd._errors import FormatError
-    from stimage_sd.io import Catalog
+    from stimage_sd.errors import FormatError
+    from stimage_sd.hub import Catalog
 
     b = corpus_base.copy_to(tmp_path / "release")
     metadata_evil_id(b)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from stimage_sd._errors import FormatError
+from stimage_sd.errors import FormatError
 from stimage_sd.io import Counts, read_counts
 
 SETTINGS = settings(
@@ -442,7 +442,7 @@ def test_unbalanced_quote_in_header_does_not_read_the_whole_file(monkeypatch):
 def test_control_character_in_spot_id_is_an_error():
     import io
 
-    from stimage_sd._errors import FormatError
+    from stimage_sd.errors import FormatError
     from stimage_sd.io import read_counts
 
     with pytest.raises(FormatError, match=r"line 3\).*control character"):

@@ -22,8 +22,8 @@ import pytest
 import spatialdata as sd
 
 from stimage_sd import datasets
-from stimage_sd._errors import IncompleteStoreError
 from stimage_sd.cli import main
+from stimage_sd.errors import IncompleteStoreError
 from stimage_sd.io import is_complete, read, validate
 
 SEEDS = range(6)  # acceptance: >= 5 seeds

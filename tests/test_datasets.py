@@ -14,7 +14,6 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from stimage_sd import datasets
-from stimage_sd._errors import StimageError
 from stimage_sd.datasets import (
     SlideSpec,
     make_release,
@@ -23,6 +22,7 @@ from stimage_sd.datasets import (
     slide_truth,
     write_metadata,
 )
+from stimage_sd.errors import StimageError
 from stimage_sd.io._annotation import read_annotation
 from stimage_sd.io._coords import read_coords
 from stimage_sd.io._counts import read_counts

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stimage_sd._errors import FormatError
+from stimage_sd.errors import FormatError
 from stimage_sd.io import read_annotation, read_coords, read_counts, read_metadata
 
 pytestmark = pytest.mark.timeout(600)

@@ -11,7 +11,7 @@ import spatialdata as sd
 
 import stimage_sd as ssd
 from stimage_sd import io
-from stimage_sd._errors import StimageError
+from stimage_sd.errors import StimageError
 from stimage_sd.pp._binning import fit_square_grid
 
 SLIDE = "Mouse_Brain_Test_03292024_VIsiumHD"

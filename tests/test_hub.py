@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from stimage_sd._errors import SlideNotFoundError, StimageError
 from stimage_sd.cli import main
-from stimage_sd.io import Catalog, download, plan_download
-from stimage_sd.io._hub import REPO_ID, escape_glob, repo_path
+from stimage_sd.errors import SlideNotFoundError, StimageError
+from stimage_sd.hub._client import REPO_ID, escape_glob
+from stimage_sd.hub import Catalog, download, plan_download
+from stimage_sd.io._layout import release_path as repo_path
 
 PLUS = "Mouse_Brain+Lung_Synth_02212023_Visium_2mm_edge"
 DOTS = "Human_Heart_Synth_12122019_ST_ST_Sample_4.5-5PCW_1"

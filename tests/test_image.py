@@ -24,7 +24,7 @@ import zarr
 from PIL import Image
 
 from stimage_sd import io
-from stimage_sd._errors import FormatError
+from stimage_sd.errors import FormatError
 from stimage_sd.io._pyramid import (
     DEFAULT_CHUNK,
     PYRAMID_ATTR,

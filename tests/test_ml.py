@@ -20,7 +20,7 @@ from PIL import Image
 
 import stimage_sd as ssd
 from stimage_sd._constants import GEOMETRY
-from stimage_sd._errors import StimageError
+from stimage_sd.errors import StimageError
 from stimage_sd.ml import EDGE, NO_TISSUE, PatchDataset, export_patches
 from stimage_sd.ml._image import tissue_fraction
 from stimage_sd.ml._patchstore import PatchWriter
@@ -393,7 +393,7 @@ def test_dataset_over_slides_equals_the_exported_store(store, sample_stores):
 
 
 def test_split_selection_from_catalog_split_and_split_file(store, sample_root, tmp_path):
-    from stimage_sd.io import Catalog
+    from stimage_sd.hub import Catalog
 
     cat = Catalog.from_root(sample_root)
     splits = cat.split(by="slide", fractions=(0.5, 0.5), seed=0)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from stimage_sd._errors import FormatError, SlideNotFoundError, StimageError
+from stimage_sd.errors import FormatError, SlideNotFoundError, StimageError
 
 __all__ = ["CASES", "Base", "Case", "Expected", "case", "corpus_table", "make_base"]
 

@@ -12,8 +12,8 @@ import logging
 import click
 import typer
 
-from .._errors import StimageError
 from .._logging import set_progress
+from ..errors import StimageError
 
 try:  # typer >= 0.2x vendors its own copy of click
     from typer._click import exceptions as _tcx

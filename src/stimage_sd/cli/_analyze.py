@@ -70,7 +70,7 @@ def analyze(
     from rich.table import Table
 
     from .._logging import logger, track
-    from ..tl._pipeline import analyze_store
+    from ..workflows import analyze_store
 
     if normalize not in ("log1p", "pearson"):
         raise typer.BadParameter("must be 'log1p' or 'pearson'", param_hint="--normalize")

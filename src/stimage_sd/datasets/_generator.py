@@ -222,7 +222,7 @@ def make_release(
     ...     ssd.datasets.SlideSpec("Human_Breast_Synth_01012025_ST_A1", "ST", annotate=True, seed=1),
     ... ]
     >>> truths = ssd.datasets.make_release("synthetic_root", specs)
-    >>> cat = ssd.io.Catalog.from_root("synthetic_root")
+    >>> cat = ssd.hub.Catalog.from_root("synthetic_root")
     """
     specs = list(specs)
     ids = [s.slide for s in specs]

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .._errors import StimageError
 from .._logging import logger
+from .._utils import cpu_count
+from ..errors import StimageError
 from ._shards import shard_writer
 
 __all__ = [
@@ -340,7 +341,7 @@ class PatchWriter:
         s, e = self._end, self._end + k
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        with ThreadPoolExecutor(max(1, min(4, cpu_count()))) as pool:
             _put(self.patches, self._fast[0], s, e, p[:k], pool)
             _put(self.targets, self._fast[1], s, e, t[:k], pool)
         self._end = e

@@ -16,21 +16,33 @@ never logged.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._constants import TECHS
-from .._errors import SlideNotFoundError, StimageError
 from .._logging import logger, progress_bar, progress_enabled
-from ._layout import list_slides, validate_slide_id
+from .._utils import hash_file, sha256_file
+from ..errors import StimageError
+from ..io._layout import PARTS, list_slides, validate_slide_id
+from ..io._layout import release_path as repo_path
+from ..io._transaction import atomic_write_json
+from ._client import (
+    REPO_ID,
+    REPO_TYPE,
+    cache_dir_of,
+    endpoint_url,
+    escape_glob,
+    format_bytes,
+    hub_errors,
+    is_offline,
+    silent_tqdm,
+    slide_not_found,
+)
 
 if TYPE_CHECKING:
     from ._catalog import Catalog
@@ -51,11 +63,6 @@ __all__ = [
     "repo_path",
 ]
 
-#: The Hugging Face dataset repository of STimage-1K4M.
-REPO_ID = "jiawennnn/STimage-1K4M"
-REPO_TYPE = "dataset"
-#: The parts of a slide, in the order they are listed.
-PARTS = ("image", "coord", "counts", "annotation")
 #: Downloads larger than this many bytes need confirmation (``confirm``; CLI ``--yes``).
 DEFAULT_CONFIRM_BYTES = 10 * 1024**3
 #: Where :func:`download` keeps the repository listing inside a dataset root.
@@ -66,48 +73,6 @@ _PART_RE = re.compile(
     r"|gene_exp/(?P<counts>[^/]+)_count\.csv)$"
 )
 _ANNO_RE = re.compile(r"^annotation/(?P<slide>[^/]+)_anno\.csv$")
-
-
-def repo_path(slide: str, tech: str, part: str) -> str:
-    """Path of one part of a slide inside the release (``/``-separated).
-
-    Parameters
-    ----------
-    slide
-        Slide id, verbatim.
-    tech
-        ``"ST"``, ``"Visium"`` or ``"VisiumHD"``.
-    part
-        ``"image"``, ``"coord"``, ``"counts"`` or ``"annotation"``.
-
-    """
-    validate_slide_id(slide)
-    if part == "image":
-        return f"{tech}/image/{slide}.png"
-    if part == "coord":
-        return f"{tech}/coord/{slide}_coord.csv"
-    if part == "counts":
-        return f"{tech}/gene_exp/{slide}_count.csv"
-    if part == "annotation":
-        return f"annotation/{slide}_anno.csv"
-    raise StimageError(f"unknown part {part!r} (expected one of {', '.join(PARTS)})")
-
-
-def escape_glob(text: str) -> str:
-    """Escape ``fnmatch`` wildcards (``*``, ``?``, ``[``, ``]``) so that ``text`` matches itself only."""
-    return re.sub(r"([*?\[\]])", r"[\1]", text)
-
-
-def format_bytes(n: float | None) -> str:
-    """Human-readable byte count (binary units): ``1.5 GiB``."""
-    if n is None:
-        return "unknown size"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- listing
@@ -217,11 +182,7 @@ class Listing:
     def save(self, root: str | Path) -> Path:
         """Write the listing into ``root`` (atomically) and return its path."""
         path = Path(root) / LISTING_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=0))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_json(), indent=0)
 
     @classmethod
     def load(cls, root: str | Path) -> Listing | None:
@@ -234,77 +195,6 @@ class Listing:
         except (ValueError, KeyError, TypeError) as e:
             logger.warning("ignoring unreadable listing %s: %s", path, e)
             return None
-
-
-def _endpoint(endpoint: str | None) -> str | None:
-    ep = endpoint or os.environ.get("HF_ENDPOINT") or None
-    return ep.rstrip("/") if ep else None
-
-
-def _cache_dir(cache_dir: str | Path | None) -> str | None:
-    """``cache_dir``, else ``HF_HUB_CACHE`` or ``HF_HOME/hub`` read now, else the client's default."""
-    if cache_dir is not None:
-        return str(Path(cache_dir).expanduser())
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]).expanduser() / "hub")
-    return None
-
-
-def is_offline(offline: bool | None = None) -> bool:
-    """Whether to stay off the network: ``offline`` if given, else ``HF_HUB_OFFLINE`` (read now)."""
-    if offline is not None:
-        return bool(offline)
-    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
-    if env is not None:
-        return env.strip().upper() in {"1", "ON", "YES", "TRUE"}
-    from huggingface_hub import constants
-
-    return bool(constants.is_offline_mode())
-
-
-@contextmanager
-def _hub_errors(repo_id: str, endpoint: str | None):
-    """Turn ``huggingface_hub``/network errors into one-line :class:`StimageError` messages."""
-    import httpx2
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    where = endpoint or "https://huggingface.co"
-    try:
-        yield
-    except StimageError:
-        raise
-    except GatedRepoError as e:
-        raise StimageError(
-            f"{repo_id}: access is gated; accept the terms on the Hub and set HF_TOKEN ({_first_line(e)})"
-        ) from e
-    except RepositoryNotFoundError as e:
-        raise StimageError(
-            f"{repo_id}: repository not found on {where}, or not accessible with the current token "
-            f"(HF_TOKEN) ({_first_line(e)})"
-        ) from e
-    except RevisionNotFoundError as e:
-        raise StimageError(f"{repo_id}: revision not found ({_first_line(e)})") from e
-    except LocalEntryNotFoundError as e:
-        raise StimageError(f"{repo_id}: not available offline and the Hub cannot be reached ({_first_line(e)})") from e
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        hint = "; check HF_TOKEN" if status in (401, 403) else ""
-        raise StimageError(f"{repo_id}: the Hub answered an error ({_first_line(e)}){hint}") from e
-    except (httpx2.HTTPError, ConnectionError, TimeoutError) as e:
-        raise StimageError(f"cannot reach the Hub at {where}: {_first_line(e)}") from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def list_release(
@@ -336,9 +226,9 @@ def list_release(
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
-    endpoint = _endpoint(endpoint)
+    endpoint = endpoint_url(endpoint)
     api = HfApi(endpoint=endpoint, token=token)
-    with _hub_errors(repo_id, endpoint):
+    with hub_errors(repo_id, endpoint):
         info = api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision)
         commit = info.sha
         files: dict[str, RemoteFile] = {}
@@ -382,7 +272,7 @@ class DownloadPlan:
     Examples
     --------
     >>> import stimage_sd as ssd
-    >>> plan = ssd.io.plan_download(["Human_Breast_Andersson_10142021_ST_A1"], "stimage_root")
+    >>> plan = ssd.hub.plan_download(["Human_Breast_Andersson_10142021_ST_A1"], "stimage_root")
     >>> print(plan.describe())  # doctest: +SKIP
     >>> plan.bytes_to_fetch  # doctest: +SKIP
     """
@@ -450,16 +340,6 @@ def _check_parts(parts: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(parts))
 
 
-def _not_found(missing: list[str], known: Iterable[str], where: str) -> SlideNotFoundError:
-    known = sorted(set(known))
-    lines = []
-    for s in missing[:10]:
-        close = difflib.get_close_matches(s, known, n=5, cutoff=0.6)
-        lines.append(f"{s!r}" + (f" (close matches: {', '.join(close)})" if close else " (no close match)"))
-    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-    return SlideNotFoundError(f"{len(missing)} slide id(s) not found in {where}: {'; '.join(lines)}{more}")
-
-
 def _local_complete(root: Path, f: RemoteFile) -> bool:
     p = root / f.path
     try:
@@ -489,7 +369,7 @@ def plan_download(
     Parameters
     ----------
     slides
-        Slide ids (verbatim), one id, or a :class:`~stimage_sd.io.Catalog` (its slides).
+        Slide ids (verbatim), one id, or a :class:`~stimage_sd.hub.Catalog` (its slides).
     root
         Local dataset root the files would be downloaded into (release layout).
     parts
@@ -521,9 +401,9 @@ def plan_download(
     Examples
     --------
     >>> import stimage_sd as ssd
-    >>> plan = ssd.io.plan_download("Human_Breast_Andersson_10142021_ST_A1", "stimage_root")
+    >>> plan = ssd.hub.plan_download("Human_Breast_Andersson_10142021_ST_A1", "stimage_root")
     >>> print(plan.describe())  # doctest: +SKIP
-    >>> plan = ssd.io.plan_download(["GSE144239_GSM4284316"], "stimage_root", parts="coord,counts")
+    >>> plan = ssd.hub.plan_download(["GSE144239_GSM4284316"], "stimage_root", parts="coord,counts")
     """
     root = Path(root)
     ids = _slide_ids(slides)
@@ -542,7 +422,7 @@ def plan_download(
         where = f"{listing.repo_id}" + (f" at {listing.commit[:10]}" if listing.commit else "")
         if offline:
             where += f" (offline: local copy {root})"
-        raise _not_found(unknown, index, where)
+        raise slide_not_found(unknown, index, where)
 
     files: dict[str, RemoteFile] = {}
     missing: dict[str, list[str]] = {}
@@ -595,34 +475,10 @@ def _local_listing(root: Path) -> Listing:
 
 
 # --------------------------------------------------------------------------- download
-def _silent_tqdm():
-    from tqdm.auto import tqdm
-
-    class _Silent(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs.pop("name", None)
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-    return _Silent
 
 
 def _git_blob_sha1(path: Path, size: int, advance) -> str:
-    h = hashlib.sha1(b"blob %d\0" % size)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-            advance(len(chunk))
-    return h.hexdigest()
-
-
-def _sha256(path: Path, advance) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-            advance(len(chunk))
-    return h.hexdigest()
+    return hash_file(path, hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False), advance)
 
 
 def _discard(root: Path, rel: str) -> None:
@@ -651,7 +507,7 @@ def _verify(plan: DownloadPlan, checksum: Iterable[str], progress: bool | None) 
                 if not p.is_file():
                     continue
                 if f.sha256:
-                    got, want, kind = _sha256(p, advance), f.sha256, "sha256"
+                    got, want, kind = sha256_file(p, advance), f.sha256, "sha256"
                 else:
                     got, want, kind = _git_blob_sha1(p, f.size, advance), f.blob_id, "git blob sha1"
                 if got != want:
@@ -690,7 +546,7 @@ def download(
     Parameters
     ----------
     slides
-        Slide ids (verbatim), one id, or a :class:`~stimage_sd.io.Catalog` (its slides).
+        Slide ids (verbatim), one id, or a :class:`~stimage_sd.hub.Catalog` (its slides).
     root
         Local dataset root; receives ``<tech>/image/<slide>.png``,
         ``<tech>/coord/<slide>_coord.csv``, ``<tech>/gene_exp/<slide>_count.csv``,
@@ -701,7 +557,7 @@ def download(
         string is accepted.
     metadata
         Also fetch ``meta/meta_all_gene*.csv``, so that ``root`` is a complete release
-        root for :class:`~stimage_sd.io.Catalog` and the converter.
+        root for :class:`~stimage_sd.hub.Catalog` and the converter.
     repo_id, revision
         Repository (default :data:`REPO_ID`) and branch, tag or commit.
     endpoint
@@ -746,13 +602,13 @@ def download(
     Examples
     --------
     >>> import stimage_sd as ssd
-    >>> plan = ssd.io.download(["Human_Breast_Andersson_10142021_ST_A1"], "stimage_root")
-    >>> cat = ssd.io.Catalog.from_hub().filter(tech="Visium", tissue="brain", annotated=True)
-    >>> plan = ssd.io.download(cat, "stimage_root", parts="coord,counts", confirm=True)
+    >>> plan = ssd.hub.download(["Human_Breast_Andersson_10142021_ST_A1"], "stimage_root")
+    >>> cat = ssd.hub.Catalog.from_hub().filter(tech="Visium", tissue="brain", annotated=True)
+    >>> plan = ssd.hub.download(cat, "stimage_root", parts="coord,counts", confirm=True)
     >>> store = ssd.io.convert_slide("stimage_root", "Human_Breast_Andersson_10142021_ST_A1", "stores")
     """
     root = Path(root).expanduser()
-    endpoint = _endpoint(endpoint)
+    endpoint = endpoint_url(endpoint)
     plan = plan_download(
         slides, root, parts=parts, metadata=metadata, repo_id=repo_id, revision=revision,
         endpoint=endpoint, token=token, offline=offline,
@@ -810,14 +666,14 @@ def _fetch(
     plan.root.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
     if not progress_enabled(progress):
-        kwargs["tqdm_class"] = _silent_tqdm()
-    with _hub_errors(plan.repo_id, endpoint):
+        kwargs["tqdm_class"] = silent_tqdm()
+    with hub_errors(plan.repo_id, endpoint):
         snapshot_download(
             plan.repo_id,
             repo_type=REPO_TYPE,
             revision=plan.commit,
             local_dir=plan.root,
-            cache_dir=_cache_dir(cache_dir),
+            cache_dir=cache_dir_of(cache_dir),
             allow_patterns=plan.allow_patterns(),
             endpoint=endpoint,
             token=token,

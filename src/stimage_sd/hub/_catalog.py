@@ -28,25 +28,21 @@ import numpy as np
 import pandas as pd
 
 from .._constants import TECHS
-from .._errors import StimageError
 from .._logging import logger, progress_enabled
-from ._hub import (
-    PARTS,
+from ..errors import StimageError
+from ..io._layout import find_metadata, validate_slide_id
+from ..io._metadata import read_metadata
+from ._client import (
     REPO_ID,
     REPO_TYPE,
-    Listing,
-    RemoteFile,
-    _cache_dir,
-    _endpoint,
-    _hub_errors,
-    _not_found,
-    _silent_tqdm,
+    cache_dir_of,
+    endpoint_url,
+    hub_errors,
     is_offline,
-    list_release,
-    repo_path,
+    silent_tqdm,
+    slide_not_found,
 )
-from ._layout import find_metadata, validate_slide_id
-from ._metadata import read_metadata
+from ._download import PARTS, Listing, RemoteFile, list_release, repo_path
 
 __all__ = ["Catalog", "study_of"]
 
@@ -72,9 +68,9 @@ def study_of(slide: str) -> str:
     Examples
     --------
     >>> import stimage_sd as ssd
-    >>> ssd.io.study_of("GSE144239_GSM4284316")
+    >>> ssd.hub.study_of("GSE144239_GSM4284316")
     'GSE144239'
-    >>> ssd.io.study_of("Human_Breast_Andersson_10142021_ST_A1")
+    >>> ssd.hub.study_of("Human_Breast_Andersson_10142021_ST_A1")
     'Human_Breast_Andersson_10142021'
     """
     m = _GEO.match(slide)
@@ -105,7 +101,7 @@ class Catalog:
     --------
     >>> import stimage_sd as ssd
     >>> root = ssd.datasets.sample("stimage_sample")
-    >>> cat = ssd.io.Catalog.from_root(root)
+    >>> cat = ssd.hub.Catalog.from_root(root)
     >>> visium = cat.filter(tech="Visium", annotated=True)
     >>> splits = cat.split(by="study", seed=0)
     """
@@ -180,7 +176,7 @@ class Catalog:
         """A catalogue of a local dataset root in the release layout.
 
         ``annotated`` and the sizes come from the files in ``root``, completed by the
-        repository listing that :func:`~stimage_sd.io.download` saves there (so a root
+        repository listing that :func:`~stimage_sd.hub.download` saves there (so a root
         holding only some parts still knows which slides are annotated).
 
         Parameters
@@ -225,7 +221,7 @@ class Catalog:
         Parameters
         ----------
         repo_id
-            Dataset repository (default :data:`~stimage_sd.io.REPO_ID`).
+            Dataset repository (default :data:`~stimage_sd.hub.REPO_ID`).
         revision
             Branch, tag or commit (default: the main branch).
         cache_dir
@@ -242,10 +238,10 @@ class Catalog:
         from huggingface_hub import get_cached_repo_tree, snapshot_download
         from huggingface_hub.errors import CachedRepoTreeNotFoundError
 
-        endpoint = _endpoint(endpoint)
+        endpoint = endpoint_url(endpoint)
         offline = is_offline(offline)
-        cache_dir = _cache_dir(cache_dir)
-        with _hub_errors(repo_id, endpoint):
+        cache_dir = cache_dir_of(cache_dir)
+        with hub_errors(repo_id, endpoint):
             folder = snapshot_download(
                 repo_id,
                 repo_type=REPO_TYPE,
@@ -256,7 +252,7 @@ class Catalog:
                 token=token,
                 local_files_only=offline,
                 library_name="stimage_sd",
-                **({} if progress_enabled(None) else {"tqdm_class": _silent_tqdm()}),
+                **({} if progress_enabled(None) else {"tqdm_class": silent_tqdm()}),
             )
         meta = find_metadata(folder)
         if meta is None:
@@ -322,7 +318,7 @@ class Catalog:
         ids = list(dict.fromkeys(ids))
         missing = [s for s in ids if s not in self._table.index]
         if missing:
-            raise _not_found(missing, self._universe.index, f"the catalogue ({self.source})")
+            raise slide_not_found(missing, self._universe.index, f"the catalogue ({self.source})")
         return self._derive(self._table.loc[ids])
 
     def filter(
@@ -411,7 +407,7 @@ class Catalog:
             ids = _as_list(slides)
             missing = [s for s in ids if s not in self._universe.index]
             if missing:
-                raise _not_found(missing, self._universe.index, f"the catalogue ({self.source})")
+                raise slide_not_found(missing, self._universe.index, f"the catalogue ({self.source})")
             out = out[out.index.isin(ids)]
         return self._derive(out)
 
