@@ -8,7 +8,7 @@ copy of the base release and returns what must happen (:class:`Expected`): the e
 :mod:`stimage_sd` error and the position its message names, or the repair (warning plus a
 record in ``uns["stimage"]``), or plain acceptance.
 
-``tests/test_corpus.py`` runs each case through the library (:func:`stimage_sd.io.convert_slide`)
+``tests/io/test_corpus.py`` runs each case through the library (:func:`stimage_sd.io.convert_slide`)
 and the command line (``stimage-sd convert``). ``docs/robustness.md`` lists the corpus;
 :func:`corpus_table` prints that table from this registry.
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 EXPECTED = ["01_quickstart", "02_dataset_scale", "03_visiumhd"]
 CELL_TIMEOUT = 300  # seconds per cell: a stuck cell fails instead of hanging CI

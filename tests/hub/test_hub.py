@@ -10,8 +10,8 @@ import pytest
 
 from stimage_sd.cli import main
 from stimage_sd.errors import SlideNotFoundError, StimageError
-from stimage_sd.hub._client import REPO_ID, escape_glob
 from stimage_sd.hub import Catalog, download, plan_download
+from stimage_sd.hub._client import REPO_ID, escape_glob
 from stimage_sd.io._layout import release_path as repo_path
 
 PLUS = "Mouse_Brain+Lung_Synth_02212023_Visium_2mm_edge"

@@ -23,7 +23,7 @@ from stimage_sd.cli import main
 from stimage_sd.errors import StimageError
 from stimage_sd.io import convert_slide, is_complete, read
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,8 +9,8 @@ for counts, still agrees with pandas wherever pandas reads the same table) or ra
 The budget comes from the hypothesis profile: ``ci`` (the default, registered in
 ``tests/conftest.py``: derandomized, 100 examples per test) or ``long`` for maintainers::
 
-    pytest tests/test_fuzz.py --hypothesis-profile=long      # 5,000 examples per test
-    STIMAGE_FUZZ_EXAMPLES=50000 pytest tests/test_fuzz.py --hypothesis-profile=long -x
+    pytest tests/io/test_fuzz.py --hypothesis-profile=long      # 5,000 examples per test
+    STIMAGE_FUZZ_EXAMPLES=50000 pytest tests/io/test_fuzz.py --hypothesis-profile=long -x
 
 (see ``docs/robustness.md``).
 """
