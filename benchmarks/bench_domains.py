@@ -39,11 +39,13 @@ fall back to 0.0.1; the code of the two wheels is identical)::
 
 Examples
 --------
-Full run (3 seeds, all layouts; ~10 minutes on 2 busy cores)::
+Full run (3 seeds, all layouts, peers included: the peers take 1-6 minutes per slide on
+2 busy cores, about an hour in all; ``--no-peers``: ~15 minutes)::
 
     python benchmarks/bench_domains.py
 
-Quick run (1 seed, smaller slides, no ``ours_v0``; ~2 minutes)::
+Quick run (1 seed, smaller slides, no ``ours_v0``, no peers; a few minutes; add
+``--with-peers`` to run the peers on ``layers_weak``)::
 
     python benchmarks/bench_domains.py --quick
 """
@@ -257,6 +259,9 @@ def methods(quick: bool, peers: bool = True) -> dict[str, Callable]:
 
 
 BASELINES = ("expr_leiden", "smooth_kmeans")
+#: With --quick --with-peers, peers (slow: 1-6 minutes per slide on a busy 2-core machine)
+#: run on these layouts only; plain --quick skips them.
+QUICK_PEER_LAYOUTS = ("layers_weak",)
 PEERS = ("banksy_l0.2_leiden", "banksy_l0.8_gmm", "cellcharter")
 
 
@@ -270,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated layouts")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
     p.add_argument("--no-peers", action="store_true", help="skip banksy-py and CellCharter")
+    p.add_argument("--with-peers", action="store_true", help="with --quick: run the peers on layers_weak")
     args = p.parse_args(argv)
     logging.getLogger("stimage_sd").setLevel(logging.ERROR)
     n_seeds = min(args.seeds or (1 if args.quick else 3), 3)
@@ -283,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             adata, k = make(name, seed, args.quick)
             y = adata.obs["domain"].to_numpy()
             for mname, fn in meth.items():
+                if args.quick and mname in PEERS and (not args.with_peers or name not in QUICK_PEER_LAYOUTS):
+                    continue
                 t = time.perf_counter()
                 lab = np.asarray(fn(adata, k, seed)).astype(str)
                 dt = time.perf_counter() - t
@@ -296,10 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---" * (len(names) + 3) + "|")
     ok = True
     for name in args.layouts.split(","):
-        mean = {m: np.mean([r[3] for r in rows if r[0] == name and r[2] == m]) for m in names}
-        nmi = {m: np.mean([r[4] for r in rows if r[0] == name and r[2] == m]) for m in names}
-        base = max((mean[m] for m in BASELINES if m in mean), default=np.nan)
-        peer = max((mean[m] for m in PEERS if m in mean), default=np.nan)
+        def avg(col: int, m: str, name: str = name) -> float:
+            v = [r[col] for r in rows if r[0] == name and r[2] == m]
+            return float(np.mean(v)) if v else float("nan")
+
+        mean = {m: avg(3, m) for m in names}
+        nmi = {m: avg(4, m) for m in names}
+        base = max((mean[m] for m in BASELINES if m in mean and not np.isnan(mean[m])), default=np.nan)
+        peer = max((mean[m] for m in PEERS if m in mean and not np.isnan(mean[m])), default=np.nan)
         d_base, d_peer = mean["ours"] - base, mean["ours"] - peer
         ok &= bool(d_base >= 0 or np.isnan(d_base)) and bool(d_peer >= -0.01 or np.isnan(d_peer))
         cells = " | ".join(f"{mean[m]:.3f} ({nmi[m]:.3f})" for m in names)
