@@ -16,6 +16,7 @@ from ._download import (
     list_release,
     plan_download,
 )
+from ._remote import read_store, storage_options, store_url
 
 __all__ = [
     "DEFAULT_CONFIRM_BYTES",
@@ -30,5 +31,8 @@ __all__ = [
     "is_offline",
     "list_release",
     "plan_download",
+    "read_store",
+    "storage_options",
+    "store_url",
     "study_of",
 ]
