@@ -17,11 +17,13 @@ from ._download import (
     plan_download,
 )
 from ._remote import read_store, storage_options, store_url
+from ._resolution import RESOLUTION_COLUMNS, magnification
 
 __all__ = [
     "DEFAULT_CONFIRM_BYTES",
     "REPO_ID",
     "REPO_TYPE",
+    "RESOLUTION_COLUMNS",
     "Catalog",
     "DownloadPlan",
     "Listing",
@@ -30,6 +32,7 @@ __all__ = [
     "format_bytes",
     "is_offline",
     "list_release",
+    "magnification",
     "plan_download",
     "read_store",
     "storage_options",
