@@ -19,8 +19,8 @@ It serves one dataset repository from a local folder through the endpoints that
   (409 when the repository exists), ``POST /api/datasets/<repo>/preupload/<rev>`` (every file
   is ``regular``, with the ``oid`` of the file already there so unchanged files are skipped)
   and ``POST /api/datasets/<repo>/commit/<rev>`` (ndjson; base64 files are written into the
-  served folder, which then is a new commit). Every committed path is recorded in
-  :attr:`FakeHub.committed`.
+  served folder, which then is a new commit), and ``POST /api/validate-yaml`` (the card's
+  YAML front matter must parse). Every committed path is recorded in :attr:`FakeHub.committed`.
 
 Xet is never advertised (no ``xetHash`` in listings, no ``X-Xet-*`` headers), so the
 client takes its plain-HTTP path. Errors carry ``X-Error-Code`` (``RepoNotFound``,
@@ -356,8 +356,21 @@ def _make_handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
                 data = json.loads(body or b"{}")
                 rid = f"{data.get('organization') or ''}/{data.get('name')}".strip("/")
                 if rid == hub.repo_id:
-                    return self._error(409, None, "You already created this dataset repo")
+                    body = {"error": "You already created this dataset repo", "url": f"{hub.endpoint}/datasets/{rid}"}
+                    return self._send(409, json.dumps(body).encode(), {"X-Error-Message": body["error"]})
                 return self._error(403, None, "the fake hub serves one repository only")
+            if url.path == "/api/validate-yaml":
+                # README metadata check: the YAML front matter must parse (the Hub checks more)
+                import yaml
+
+                content = json.loads(body or b"{}").get("content", "")
+                errors = []
+                if content.startswith("---"):
+                    try:
+                        yaml.safe_load(content.split("---", 2)[1])
+                    except yaml.YAMLError as e:
+                        errors.append({"message": str(e)})
+                return self._send(400 if errors else 200, json.dumps({"errors": errors, "warnings": []}).encode())
             if m := _PATHS_INFO_RE.match(url.path):
                 return self._paths_info(m, body)
             if m := _PREUPLOAD_RE.match(url.path):
