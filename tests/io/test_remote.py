@@ -196,7 +196,7 @@ def _level0_chunk(store: Path) -> str:
 def test_cut_connection_raises_then_a_retry_succeeds(tmp_path, fake_hub):
     """Plain HTTP (no client-side retry): the cut is a clear RemoteReadError; reading again works."""
     import stimage_sd as ssd
-    from stimage_sd.io._remote import RemoteReadError
+    from stimage_sd.errors import RemoteReadError
 
     folder = tmp_path / "served"
     store = _big_image_store(folder / "big.zarr", side=1024, chunk=256)

@@ -25,7 +25,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from .._constants import UNS_KEY
-from ..errors import IncompleteStoreError, StimageError
+from ..errors import IncompleteStoreError, RemoteReadError, StimageError
 from ._transaction import MARKER
 
 if TYPE_CHECKING:
@@ -35,10 +35,6 @@ __all__ = ["RemoteReadError", "is_url", "open_group", "read_remote", "remote_att
 
 _URL = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]+)://")
 _TRUE = {"1", "ON", "YES", "TRUE"}
-
-
-class RemoteReadError(StimageError, OSError):
-    """Reading a remote store failed (network cut, server error); reading again is safe."""
 
 
 def is_url(path: Any) -> bool:
