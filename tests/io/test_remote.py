@@ -72,6 +72,9 @@ def test_hf_store_reads_like_the_local_copy(served, fake_hub):
         assert ssd.io.is_complete(url)
         report = ssd.io.validate(url)
         assert report.ok, str(report)
+    from stimage_sd.cli import main
+
+    assert main(["validate", ssd.hub.store_url(VISIUM, REPO), str(served / f"{PLUS}.zarr")]) == 0
     # the environment alone (HF_ENDPOINT) also works, and so does the hub helper
     assert ssd.hub.read_store(VISIUM, REPO).tables["table"].n_obs == sd.read_zarr(served / f"{VISIUM}.zarr").tables["table"].n_obs
 
