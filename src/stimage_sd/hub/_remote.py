@@ -59,6 +59,21 @@ def storage_options(
 def store_url(slide: str, repo_id: str, *, revision: str | None = None, prefix: str = "") -> str:
     """``hf://datasets/<repo_id>[@<revision>]/<prefix>/<slide>.zarr``: where :func:`~stimage_sd.hub.publish` puts a slide.
 
+    Parameters
+    ----------
+    slide
+        Slide id (verbatim).
+    repo_id
+        Dataset repository the stores were published to.
+    revision
+        Branch, tag or commit (default: the main branch).
+    prefix
+        Folder inside the repository.
+
+    Returns
+    -------
+    The ``hf://`` URL, for :func:`stimage_sd.io.read`.
+
     Examples
     --------
     >>> import stimage_sd as ssd

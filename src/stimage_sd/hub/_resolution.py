@@ -65,6 +65,15 @@ _FORMAT_VERSION = 1
 def magnification(um_per_px: float) -> float:
     """Effective magnification of a pixel size: ``10 / µm_per_px`` (0.25 µm/px ≈ 40x, 0.5 ≈ 20x).
 
+    Parameters
+    ----------
+    um_per_px
+        Micrometres per pixel.
+
+    Returns
+    -------
+    The magnification, ``nan`` for a missing or non-positive pixel size.
+
     Examples
     --------
     >>> from stimage_sd.hub import magnification
