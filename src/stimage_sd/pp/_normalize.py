@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import sparse
 
+from .._constants import TABLE_KEY
+from .._docs import dedent
 from .._errors import StimageError
+from .._keys import Key
 from .._logging import logger
-from ._utils import get_table
+from ._utils import table_to_modify
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["NORMALIZE_KEY", "normalize"]
 
-#: ``uns`` key of the normalisation parameters.
-NORMALIZE_KEY = "stimage_normalize"
+#: ``uns`` key of the normalisation parameters (:attr:`Key.uns.normalize`).
+NORMALIZE_KEY = Key.uns.normalize
 
 #: Genes detected in fewer spots are never highly variable.
 _MIN_SPOTS = 3
@@ -22,16 +29,21 @@ _HVG_COLUMNS = ("highly_variable", "highly_variable_rank", "means", "variances",
 _HVG_FLAVORS = ("seurat_v3", "seurat", "cell_ranger", "pearson_residuals")
 
 
+HVGFlavor = Literal["seurat_v3", "seurat", "cell_ranger", "pearson_residuals"]
+
+
+@dedent
 def normalize(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
     method: Literal["log1p", "pearson"] = "log1p",
     target_sum: float | None = None,
     n_top_genes: int | None = 2000,
-    hvg_flavor: str | None = None,
+    hvg_flavor: HVGFlavor | None = None,
     theta: float = 100.0,
-    table_key: str = "table",
-) -> None:
+    table_key: str = TABLE_KEY,
+    copy: bool = False,
+) -> AnnData | None:
     """Normalise counts and select highly variable genes.
 
     Always starts from the raw counts: the first call copies ``X`` to
@@ -40,8 +52,7 @@ def normalize(
 
     Parameters
     ----------
-    data
-        A converted slide (:class:`spatialdata.SpatialData`) or its table.
+    %(data)s
     method
         ``"log1p"``: :func:`scanpy.pp.normalize_total` then :func:`scanpy.pp.log1p`
         (sparse ``X``, float32). ``"pearson"``: analytic Pearson residuals
@@ -57,8 +68,12 @@ def normalize(
         ``"pearson"``).
     theta
         Overdispersion of the Pearson-residual model.
-    table_key
-        Table of a SpatialData.
+    %(table_key)s
+    %(copy)s
+
+    Returns
+    -------
+    %(returns_copy)s
 
     Notes
     -----
@@ -78,18 +93,18 @@ def normalize(
     """
     import scanpy as sc
 
-    adata = get_table(data, table_key)
+    adata = table_to_modify(data, table_key, copy)
     if method not in ("log1p", "pearson"):
         raise ValueError(f"method must be 'log1p' or 'pearson', got {method!r}")
     flavor = hvg_flavor or ("seurat_v3" if method == "log1p" else "pearson_residuals")
     if flavor not in _HVG_FLAVORS:
         raise ValueError(f"hvg_flavor must be one of {_HVG_FLAVORS}, got {flavor!r}")
 
-    if "counts" not in adata.layers:
-        adata.layers["counts"] = adata.X.copy()
-    counts = adata.layers["counts"]
+    if Key.layers.counts not in adata.layers:
+        adata.layers[Key.layers.counts] = adata.X.copy()
+    counts = adata.layers[Key.layers.counts]
     adata.X = counts.astype(np.float32) if sparse.issparse(counts) else np.asarray(counts, dtype=np.float32)
-    for key in ("log1p", "hvg", "pearson_residuals_normalization"):
+    for key in (Key.uns.log1p, Key.uns.hvg, Key.uns.pearson):
         adata.uns.pop(key, None)
     n_hvg = None if n_top_genes is None else int(min(n_top_genes, adata.n_vars))
     detected = np.asarray((counts > 0).sum(axis=0)).ravel()
@@ -105,7 +120,7 @@ def normalize(
             for span in (0.3, 0.5, 1.0):
                 try:
                     df = sc.pp.highly_variable_genes(
-                        sub, n_top_genes=n, flavor="seurat_v3", layer="counts", span=span, inplace=False
+                        sub, n_top_genes=n, flavor="seurat_v3", layer=Key.layers.counts, span=span, inplace=False
                     )
                     break
                 except ValueError as e:  # singular loess fit on very sparse data
@@ -114,7 +129,7 @@ def normalize(
                 raise StimageError("seurat_v3 highly variable genes failed; try hvg_flavor='seurat'")
         else:
             df = sc.experimental.pp.highly_variable_genes(
-                sub, n_top_genes=n, flavor="pearson_residuals", theta=theta, layer="counts", inplace=False
+                sub, n_top_genes=n, flavor="pearson_residuals", theta=theta, layer=Key.layers.counts, inplace=False
             )
         df.index = adata.var_names[keep]
         for col in df.columns:
@@ -129,7 +144,7 @@ def normalize(
                 full = np.full(adata.n_vars, np.nan)
             full[keep] = values.to_numpy()
             adata.var[col] = full
-        adata.uns["hvg"] = {"flavor": flavor}
+        adata.uns[Key.uns.hvg] = {"flavor": flavor}
 
     if n_hvg is not None and flavor in ("seurat_v3", "pearson_residuals"):
         _hvg_on_counts()
@@ -144,10 +159,10 @@ def normalize(
         adata.X = np.asarray(adata.X, dtype=np.float32)
     if n_hvg is not None and flavor in ("seurat", "cell_ranger"):
         sc.pp.highly_variable_genes(adata, n_top_genes=n_hvg, flavor=flavor, subset=False)
-    if "highly_variable" in adata.var:
+    if Key.var.highly_variable in adata.var:
         # genes never detected cannot be highly variable
-        adata.var["highly_variable"] = adata.var["highly_variable"].to_numpy(dtype=bool) & expressed
-    adata.uns["stimage_normalize"] = {
+        adata.var[Key.var.highly_variable] = adata.var[Key.var.highly_variable].to_numpy(dtype=bool) & expressed
+    adata.uns[Key.uns.normalize] = {
         "method": method,
         "target_sum": float(target_sum) if target_sum is not None else "none",
         "n_top_genes": int(n_hvg) if n_hvg is not None else 0,
@@ -156,5 +171,6 @@ def normalize(
     }
     logger.info(
         "normalized (%s); %s highly variable genes (%s)",
-        method, int(adata.var["highly_variable"].sum()) if "highly_variable" in adata.var else 0, flavor,
+        method, int(adata.var[Key.var.highly_variable].sum()) if Key.var.highly_variable in adata.var else 0, flavor,
     )
+    return adata if copy else None
