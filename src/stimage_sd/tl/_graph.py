@@ -1,4 +1,4 @@
-"""Technology-aware spatial neighbour graph (squidpy :func:`squidpy.gr.spatial_neighbors`)."""
+"""Technology-aware spatial neighbour graph (squidpy's ``spatial_neighbors_grid`` / ``_knn`` / ``_radius`` / ``_delaunay``)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
 def spatial_graph(
     data: AnnData | SpatialData,
     *,
-    method: Literal["auto", "grid", "knn", "radius"] = "auto",
+    method: Literal["auto", "grid", "knn", "radius", "delaunay"] = "auto",
     n_neighs: int | None = None,
     radius: float | None = None,
     n_rings: int = 1,
@@ -90,10 +90,12 @@ def spatial_graph(
     %(data)s
         Uses ``obsm["spatial"]`` (pixels).
     method
-        ``"auto"``: squidpy's grid builder (``coord_type="grid"``) when the spots form a
-        regular lattice, with 6 neighbours on a hexagonal grid (Visium, staggered ST) and
-        4 on a square grid (ST, VisiumHD bins); otherwise a k-nearest-neighbour graph
-        (``coord_type="generic"``). ``"grid"``, ``"knn"`` and ``"radius"`` force a
+        ``"auto"``: squidpy's grid graph (:func:`squidpy.gr.spatial_neighbors_grid`) when
+        the spots form a regular lattice, with 6 neighbours on a hexagonal grid (Visium,
+        staggered ST) and 4 on a square grid (ST, VisiumHD bins); otherwise a
+        k-nearest-neighbour graph (:func:`squidpy.gr.spatial_neighbors_knn`).
+        ``"grid"``, ``"knn"``, ``"radius"`` (:func:`squidpy.gr.spatial_neighbors_radius`)
+        and ``"delaunay"`` (:func:`squidpy.gr.spatial_neighbors_delaunay`) force a
         builder.
     n_neighs
         Neighbours per spot for ``"grid"``/``"knn"``; default from the detected lattice, or
@@ -157,15 +159,18 @@ def _build(adata, method, lat, tech, tech_neighs, n_neighs, radius, n_rings, key
         k = n_neighs or {"hex": 6, "square": 4}.get(lat["lattice"], tech_neighs)
         if tech in GEOMETRY and lat["lattice"] in ("hex", "square") and lat["lattice"] != GEOMETRY[tech].grid:
             logger.info("%s spots lie on a %s grid; using %d grid neighbours", tech, lat["lattice"], k)
-        sq.gr.spatial_neighbors(adata, coord_type="grid", n_neighs=k, n_rings=n_rings, key_added=key_added)
-    elif method == "knn":
+        sq.gr.spatial_neighbors_grid(adata, n_neighs=k, n_rings=n_rings, key_added=key_added)
+        return int(k)
+    if method == "knn":
         k = n_neighs or tech_neighs
-        sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=k, key_added=key_added)
-    elif method == "radius":
+        sq.gr.spatial_neighbors_knn(adata, n_neighs=k, key_added=key_added)
+        return int(k)
+    if method == "radius":
         r = float(radius) if radius is not None else 1.5 * lat["pitch"]
-        sq.gr.spatial_neighbors(adata, coord_type="generic", radius=r, key_added=key_added)
-        conn = adata.obsp[Key.obsp.spatial_conn(key_added)]
-        k = int(np.median(np.diff(conn.indptr))) if conn.shape[0] else 0  # typical degree
+        sq.gr.spatial_neighbors_radius(adata, radius=r, key_added=key_added)
+    elif method == "delaunay":
+        sq.gr.spatial_neighbors_delaunay(adata, key_added=key_added)
     else:
-        raise ValueError(f"method must be 'auto', 'grid', 'knn' or 'radius', got {method!r}")
-    return int(k)
+        raise ValueError(f"method must be 'auto', 'grid', 'knn', 'radius' or 'delaunay', got {method!r}")
+    conn = adata.obsp[Key.obsp.spatial_conn(key_added)]
+    return int(np.median(np.diff(conn.indptr))) if conn.shape[0] else 0  # typical degree
