@@ -194,18 +194,11 @@ def _literal_keys(path: Path) -> list[str]:
     return found
 
 
-# modules the lead moves out of tl (issue 14) keep their own keys until then
-_NOT_YET = {"_writeback.py"}
-
-
 @pytest.mark.parametrize("package", ["pp", "tl", "pl"])
 def test_table_keys_come_from_the_registry(package):
     offenders = []
     for path in sorted((SRC / package).glob("*.py")):
-        if path.name not in _NOT_YET:
-            offenders += _literal_keys(path)
-    # analyze_store (moving to the workflow layer) passes "domain" to pl.spatial as a colour,
-    # not as a key subscript, so it is not listed here
+        offenders += _literal_keys(path)
     assert not offenders, offenders
 
 

@@ -83,7 +83,7 @@ def qc(
         ax.hist(np.log1p(v) if log else v, bins=50, color="0.35")
         if t is not None:
             ax.axvline(np.log1p(t) if log else t, color="tab:red", ls="--", lw=1.2, label="threshold")
-            ax.legend(frameon=False, fontsize=8)
+            ax.legend(frameon=False, fontsize=8, loc="upper right")
         ax.set_xlabel(label)
         ax.set_ylabel("spots")
     ax = axes.flat[4]

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._constants import IMAGE_KEY, MICRON_CS, PIXEL_CS, SHAPES_KEY, TABLE_KEY
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 from ..pp._utils import get_table, slide_info
 
 if TYPE_CHECKING:

@@ -11,9 +11,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._constants import GEOMETRY, INSTANCE_KEY, REGION_KEY, SHAPES_KEY, TABLE_KEY, UNS_KEY
-from .._errors import StimageError
 from .._keys import Key
 from .._logging import logger
+from ..errors import StimageError
 
 if TYPE_CHECKING:
     import geopandas as gpd

@@ -22,6 +22,7 @@ from .._constants import TABLE_KEY
 from .._docs import dedent
 from .._keys import Key
 from .._logging import logger
+from .._utils import raw_counts
 from ._utils import get_table, slide_info, table_to_modify
 
 if TYPE_CHECKING:
@@ -59,14 +60,6 @@ def gene_patterns(species: str | None) -> tuple[re.Pattern, re.Pattern]:
     mt, ribo, case = GENE_PATTERNS.get(key, _DEFAULT_PATTERNS)
     flags = 0 if case else re.IGNORECASE
     return re.compile(mt, flags), re.compile(ribo, flags)
-
-
-def _counts_matrix(adata: AnnData, layer: str | None):
-    if layer is not None:
-        return adata.layers[layer]
-    if Key.layers.counts in adata.layers:
-        return adata.layers[Key.layers.counts]
-    return adata.X
 
 
 def _mad(x: np.ndarray) -> tuple[float, float]:
@@ -163,7 +156,7 @@ def qc(
     if n_mt == 0:
         logger.info("QC: no mitochondrial gene matches %r; pct_counts_mt is 0", mt_re.pattern)
 
-    X = _counts_matrix(adata, layer)
+    X = raw_counts(adata, layer)
     if sparse.issparse(X) and X.nnz and not np.all(np.mod(X.data[: min(X.nnz, 100_000)], 1) == 0):
         logger.warning("QC: the counts matrix is not integral; QC metrics expect raw counts")
     layer_used = layer if layer is not None else (Key.layers.counts if Key.layers.counts in adata.layers else None)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .._constants import TABLE_KEY, UNS_KEY
-from .._errors import StimageError
+from ..errors import StimageError
 
 if TYPE_CHECKING:
     from anndata import AnnData

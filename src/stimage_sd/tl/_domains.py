@@ -30,9 +30,9 @@ from scipy import sparse
 
 from .._constants import TABLE_KEY
 from .._docs import dedent
-from .._errors import StimageError
 from .._keys import Key
 from .._logging import logger
+from ..errors import StimageError
 from ..pp._utils import slide_info, table_to_modify
 
 if TYPE_CHECKING:

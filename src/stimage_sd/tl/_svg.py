@@ -12,6 +12,7 @@ from .._constants import TABLE_KEY
 from .._docs import dedent
 from .._keys import Key
 from .._logging import logger
+from .._utils import raw_counts
 from ..pp._utils import get_table, table_to_modify
 
 if TYPE_CHECKING:
@@ -24,10 +25,6 @@ __all__ = ["SVG_KEY", "svg", "top_svg"]
 SVG_KEY = Key.uns.moranI
 #: A gene is tested only when detected in at least this fraction of spots (and 3 spots).
 _MIN_FRACTION = 0.01
-
-
-def _counts(adata: AnnData):
-    return adata.layers[Key.layers.counts] if Key.layers.counts in adata.layers else adata.X
 
 
 @dedent
@@ -95,7 +92,7 @@ def svg(
         from ._graph import spatial_graph
 
         spatial_graph(adata, key_added=graph_key)
-    detected = np.asarray((_counts(adata) > 0).sum(axis=0)).ravel()
+    detected = np.asarray((raw_counts(adata) > 0).sum(axis=0)).ravel()
     enough = detected >= max(3, _MIN_FRACTION * adata.n_obs)
     if genes is None and Key.var.highly_variable in adata.var:
         selected = adata.var_names[adata.var[Key.var.highly_variable].to_numpy(dtype=bool) & enough]
