@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._constants import TABLE_KEY
@@ -29,7 +30,7 @@ def run_pipeline(
     spatial_weight: float = 0.8,
     n_hops: int | None = None,
     resolution: float = 0.5,
-    svg_genes: Any = None,
+    svg_genes: Sequence[str] | str | None = None,
     filter_spots: bool = False,
     qc_kwargs: dict[str, Any] | None = None,
     table_key: str = TABLE_KEY,
