@@ -26,7 +26,8 @@ were chosen with ``benchmarks/bench_domains.py`` (weak markers, thin folded laye
 of varied size, sparse ST arrays, HD bins; results in ``benchmarks/RESULTS.md``): on
 those layouts it is at or above the smoothing baseline (PCs averaged over the spatial
 neighbours twice, then KMeans) except on sparse ST arrays (0.002 ARI below, within seed
-noise), far above non-spatial Leiden, and at or above banksy-py and CellCharter.
+noise), far above non-spatial Leiden, at or above banksy-py, and at or above CellCharter
+except on VisiumHD bins (0.011 below).
 
 Every random step is seeded, so the same input and seed give the same domains.
 """
