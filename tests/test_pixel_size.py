@@ -339,3 +339,47 @@ def test_single_row_with_wrong_radius_converts_and_records_why(visium, tmp_path,
     store = ssd.io.convert_slide(root, SLIDE, tmp_path / "stores", tech="Visium", overwrite=True)
     ps = ssd.io.read(store)["table"].uns["stimage"]["pixel_size"]
     assert ps["decision"] == "agree" and ps["trusted"] and ps["um_per_px"] == pytest.approx(_truth(visium, scale), rel=0.02)
+
+
+# ------------------------------------------------------------------------- lattice fit
+
+
+def _grid(grid: str, nr: int, nc: int) -> np.ndarray:
+    r, c = np.meshgrid(np.arange(nr), np.arange(nc), indexing="ij")
+    if grid == "hex":
+        return np.c_[(c + 0.5 * (r % 2)).ravel(), r.ravel() * np.sqrt(3) / 2]
+    return np.c_[c.ravel(), r.ravel()].astype(float)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lattice_fit_rotated_offset_sparse_jittered(seed):
+    """Rotated, shifted, thinned (to 10 %), jittered grids with a few stray spots: pitch within 2 %."""
+    from stimage_sd._lattice import fit_lattice
+
+    rng = np.random.default_rng(seed)
+    grid = ("hex", "square")[seed % 2]
+    pitch = 10 ** rng.uniform(0.5, 3)
+    p = _grid(grid, 40, 40)
+    p = p[rng.random(len(p)) < (1.0, 0.6, 0.1)[seed % 3]]
+    jitter = (0.0, 0.03)[(seed // 3) % 2]
+    p = p + rng.normal(0, jitter, p.shape)
+    if seed >= 6:  # 1 % stray spots, between sites
+        stray = rng.choice(len(p), max(1, len(p) // 100), replace=False)
+        p[stray] += rng.uniform(0.3, 0.7, (len(stray), 2))
+    ang = rng.uniform(0, np.pi)
+    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    xy = (p * pitch) @ rot.T + rng.uniform(-1e5, 1e5, 2)
+    fit = fit_lattice(xy)
+    assert fit.kind == grid and fit.pitch_px == pytest.approx(pitch, rel=0.02)
+    assert fit.fraction_on_lattice >= 0.97
+
+
+def test_random_positions_are_not_a_lattice():
+    from stimage_sd._lattice import fit_lattice
+
+    xy = np.random.default_rng(0).random((400, 2)) * 1000
+    fit = fit_lattice(xy)
+    assert fit.fraction_on_lattice < 0.5
+    est = estimate_pixel_size(xy, 10.0, "Visium", log=False)
+    assert est.decision == "radius" and not est.trusted
+    assert ssd.tl.detect_lattice(xy)["lattice"] == "irregular"

@@ -253,26 +253,28 @@ def _differences(S: np.ndarray) -> np.ndarray:
 def _supported(D: np.ndarray, tol: float, need: int, limit: int = 400) -> int | None:
     """Index of the short difference vector best supported by the others (up to sign).
 
-    The shortest difference seen at least ``need`` times sets the scale; among the
-    differences up to 1.5 times as long, the one seen most often wins (so that the pair of
-    jittered spots that happen to be close does not set the pitch), the shorter on ties.
-    Support is counted within ``_MODE_TOL`` of the vector's length.
+    Support of a difference: how many differences lie within ``_MODE_TOL`` of its length
+    of it or of its negative. The shortest difference with at least ``need`` and at least a
+    quarter of the best support among the ``limit`` shortest sets the scale (so that pairs
+    involving a stray spot, seen a few times, do not); among the differences up to 1.5
+    times as long, the best supported wins (so that two jittered spots that happen to be
+    close do not set the pitch), the shorter on ties.
     """
     from scipy.spatial import cKDTree
 
-    lengths = np.hypot(D[:, 0], D[:, 1])
+    m = min(len(D), limit)
+    if m == 0:
+        return None
+    lengths = np.hypot(D[:m, 0], D[:m, 1])
     both = cKDTree(np.concatenate([D, -D]))
-    first, best, best_n = None, None, 0
-    for i in range(min(len(D), limit)):
-        if first is not None and lengths[i] > 1.5 * lengths[first]:
-            break
-        n = len(both.query_ball_point(D[i], _MODE_TOL * lengths[i])) // 1
-        n = (n + 1) // 2 * 2 if n else 0  # each difference and its negative
-        if n >= need and first is None:
-            first = i
-        if first is not None and n > best_n:
-            best, best_n = i, n
-    return best
+    support = np.asarray(both.query_ball_point(D[:m], _MODE_TOL * lengths, return_length=True))
+    ok = np.flatnonzero(support >= max(need, 0.25 * support.max()))
+    if not len(ok):
+        return None
+    first = ok[0]
+    window = np.flatnonzero(lengths <= 1.5 * lengths[first])
+    window = window[window >= first]
+    return int(window[np.argmax(support[window])])
 
 
 # --------------------------------------------------------------------------- 2-D fit
@@ -352,6 +354,21 @@ def _coset_candidates(res: np.ndarray, B: np.ndarray, r_tol: float, limit: int =
     return [(-n, g) for n, _, g in scored[:limit]]
 
 
+def _better(on_old: np.ndarray, on_new: np.ndarray) -> bool:
+    """Whether a finer lattice is a true refinement rather than one fitted to noise.
+
+    It must keep (almost) every spot that was on the coarser lattice and take in at least
+    a third of the others: a coarse fit of index ``m`` leaves ``(m-1)/m`` of a random subset
+    off, and each added generator brings in at least one of its ``m-1`` cosets (``m`` <= 4
+    in practice). A generator taken from stray or jittered spots brings in only the few
+    that happen to sit near its sites, and loses jittered ones as the tolerance shrinks.
+    """
+    n_old, n_off = int(on_old.sum()), int((~on_old).sum())
+    kept = int((on_old & on_new).sum())
+    gained = int((on_new & ~on_old).sum())
+    return kept >= 0.98 * n_old and gained >= max(1, n_off / 3)
+
+
 def _coarsen(k: np.ndarray, inl: np.ndarray, B: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     """A sublattice of index 2 or 3 holding >= 97 % of the on-lattice spots, if any."""
     kk = k[inl].astype(np.int64)
@@ -368,7 +385,7 @@ def _coarsen(k: np.ndarray, inl: np.ndarray, B: np.ndarray, t: np.ndarray) -> tu
         coset = np.rint((frac - np.floor(frac + 1e-9)) * abs(round(np.linalg.det(M)))).astype(np.int64)
         keys, counts = np.unique(coset, axis=0, return_counts=True)
         top = int(counts.argmax())
-        if counts[top] >= _GOOD_FRACTION * len(kk) and len(kk) - counts[top] <= max(2, 0.03 * len(kk)):
+        if counts[top] >= _GOOD_FRACTION * len(kk) and len(kk) - counts[top] <= int(0.03 * len(kk)):
             member = kk[np.all(coset == keys[top], axis=1)][0]
             Bn = M.astype(np.float64) @ B
             tn = t + member @ B
@@ -403,7 +420,7 @@ def _fit_2d_exact(S: np.ndarray, u: np.ndarray, w: np.ndarray, tol_abs: float) -
     """
     a, b = _gauss_reduce(u, w)
     B = np.vstack([a, b])
-    floor = _MIN_PITCH_FRACTION * float(np.linalg.norm(a))
+    floor = _MIN_PITCH_FRACTION * float(np.linalg.norm(u))
     t = S[_central(S)]
     V = S - t
     need = 2 if len(S) >= 30 else 1  # a stray spot is a coset of its own
@@ -412,13 +429,16 @@ def _fit_2d_exact(S: np.ndarray, u: np.ndarray, w: np.ndarray, tol_abs: float) -
         off = np.hypot(*R.T) > tol_abs
         if not off.any():
             break
-        cands = [(n, g) for n, g in _coset_candidates(R[off], B, tol_abs) if n >= need]
-        if not cands:
+        for _, g in [(n, g) for n, g in _coset_candidates(R[off], B, tol_abs) if n >= need]:
+            Bn = _reduce_generators(B, g, tol_abs)
+            if float(np.linalg.norm(Bn, axis=1).min()) < floor:
+                continue
+            on_new = np.hypot(*_wrap(V, Bn).T) <= tol_abs
+            if _better(~off, on_new):
+                B = Bn
+                break
+        else:
             break
-        Bn = _reduce_generators(B, cands[0][1], tol_abs)
-        if float(np.linalg.norm(Bn, axis=1).min()) < floor:
-            break
-        B = Bn
     for _ in range(6):
         k = np.rint(np.linalg.solve(B.T, V.T).T)
         inl = np.hypot(*(V - k @ B).T) <= tol_abs
@@ -435,7 +455,7 @@ def _fit_2d_exact(S: np.ndarray, u: np.ndarray, w: np.ndarray, tol_abs: float) -
 
 def _fit_2d(S: np.ndarray, u: np.ndarray, w: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     a, b = _gauss_reduce(u, w)
-    floor = _MIN_PITCH_FRACTION * float(np.linalg.norm(a))
+    floor = _MIN_PITCH_FRACTION * float(np.linalg.norm(u))
     centre = np.median(S, axis=0)
     refs = np.argsort(np.hypot(*(S - centre).T), kind="stable")[:5]
     best = None
@@ -457,7 +477,7 @@ def _fit_2d(S: np.ndarray, u: np.ndarray, w: np.ndarray, tol: float) -> tuple[np
             if float(np.linalg.norm(Bn, axis=1).min()) < floor:  # a noise vector, not a lattice vector
                 continue
             fit = _grow_fit(S, Bn, ref, tol)
-            if fit[3].sum() > inl.sum():  # the finer lattice must hold more spots
+            if _better(inl, fit[3]):
                 B, t, k, inl = fit
                 break
         else:
@@ -516,58 +536,107 @@ def _final_2d(xy: np.ndarray, B: np.ndarray, t: np.ndarray, tol: float) -> tuple
 # --------------------------------------------------------------------------- 1-D fit
 
 
-def _fit_1d(s: np.ndarray, p: float, tol: float) -> tuple[float, float]:
-    """Spacing and origin of the 1-D lattice of positions ``s`` (starting spacing ``p``)."""
-    ref = float(np.median(s))
-    ref = float(s[np.argmin(np.abs(s - ref))])
-    need = 2 if len(s) >= 12 else 1
-    floor = _MIN_PITCH_FRACTION * p
-    t = ref
-    for _ in range(12):
-        k = np.rint((s - t) / p)
-        inl = np.abs(s - t - k * p) <= tol * p
-        if inl.sum() >= 4 and np.ptp(k[inl]) > 0:
-            coef, *_ = np.linalg.lstsq(np.column_stack([k[inl], np.ones(int(inl.sum()))]), s[inl], rcond=None)
-            if coef[0] > 0:
-                p, t = float(coef[0]), float(coef[1])
-        k = np.rint((s - t) / p)
-        res = s - t - k * p
-        inl = np.abs(res) <= tol * p
-        if inl.mean() >= _GOOD_FRACTION:
-            break
-        out = res[~inl]
-        best, best_n = None, 0
-        for r in out[:500]:
-            d = out - r
-            dm = out + r
-            w = np.minimum(np.abs(d - np.rint(d / p) * p), np.abs(dm - np.rint(dm / p) * p))
-            n = int((w <= tol * p).sum())
-            if n > best_n:
-                best, best_n = r, n
-        if best is None or best_n < need:
-            break
-        pn = _reduce_1d(p, best, tol)
-        if pn < floor:
-            break
-        p = pn
-    # coarsest: a 2x or 3x spacing that holds (almost) every on-lattice spot
+def _wrap1(v: np.ndarray, p: float) -> np.ndarray:
+    return v - np.rint(v / p) * p
+
+
+def _coarsen_1d(s: np.ndarray, p: float, t: float, tol_abs: float) -> tuple[float, float]:
+    """A 2x or 3x spacing that holds (almost) every on-lattice position, repeatedly."""
     for _ in range(6):
         k = np.rint((s - t) / p).astype(np.int64)
-        inl = np.abs(s - t - k * p) <= tol * p
-        kk = k[inl]
-        changed = False
+        kk = k[np.abs(s - t - k * p) <= tol_abs]
+        if len(kk) < 3:
+            break
         for m in (2, 3):
-            c = np.mod(kk, m)
-            vals, counts = np.unique(c, return_counts=True)
+            vals, counts = np.unique(np.mod(kk, m), return_counts=True)
             top = int(counts.argmax())
-            if len(kk) >= 3 and counts[top] >= _GOOD_FRACTION * len(kk) and len(kk) - counts[top] <= max(2, 0.03 * len(kk)):
-                t = t + int(vals[top]) * p
-                p = p * m
-                changed = True
+            if counts[top] >= _GOOD_FRACTION * len(kk) and len(kk) - counts[top] <= int(0.03 * len(kk)):
+                t, p = t + int(vals[top]) * p, p * m
                 break
-        if not changed:
+        else:
             break
     return p, t
+
+
+def _refine_1d(s: np.ndarray, p: float, t: float, tol_abs: float, grow: bool) -> tuple[float, float, np.ndarray]:
+    """Positions on the lattice ``t + k p``; with ``grow``, least squares grown out from ``t``."""
+    if grow:
+        dist = np.abs(s - t)
+        radius = 3.0 * p
+        for _ in range(64):
+            sel = dist <= radius
+            k = np.rint((s[sel] - t) / p)
+            inl = np.abs(s[sel] - t - k * p) <= tol_abs
+            if inl.sum() >= 4 and np.ptp(k[inl]) > 0:
+                coef, *_ = np.linalg.lstsq(np.column_stack([k[inl], np.ones(int(inl.sum()))]), s[sel][inl], rcond=None)
+                if abs(coef[0] - p) <= 0.25 * p:
+                    p, t = float(coef[0]), float(coef[1])
+            if radius >= dist.max():
+                break
+            radius *= 2.0
+    on = np.abs(_wrap1(s - t, p)) <= tol_abs
+    return p, t, on
+
+
+def _fit_1d_from(s: np.ndarray, p: float, tol_abs: float | None, tol: float) -> tuple[float, float, float]:
+    """1-D lattice from a starting spacing: exact (fixed ``tol_abs``) or jittered (``None``)."""
+    grow = tol_abs is None
+    t = float(s[np.argmin(np.abs(s - np.median(s)))])
+    floor = _MIN_PITCH_FRACTION * p
+    need = 2 if len(s) >= 30 else 1
+    ta = (lambda q: tol * q) if grow else (lambda q: tol_abs)
+    p, t, on = _refine_1d(s, p, t, ta(p), grow)
+    for _ in range(12):
+        if on.mean() >= _GOOD_FRACTION:
+            break
+        R = _wrap1(s[~on] - t, p)
+        cands = []
+        used = np.zeros(len(R), dtype=bool)
+        for i in np.argsort(np.abs(R), kind="stable")[:500]:
+            if used[i]:
+                continue
+            r = R[i]
+            plus = np.abs(_wrap1(R - r, p)) <= ta(p)
+            minus = (np.abs(_wrap1(R + r, p)) <= ta(p)) & ~plus
+            used |= plus | minus
+            n = int((plus | minus).sum())
+            if n >= need:
+                cands.append((-n, abs(r), r + float(np.concatenate([_wrap1(R[plus] - r, p), -_wrap1(R[minus] + r, p)]).mean())))
+        cands.sort(key=lambda c: (c[0], c[1]))
+        for *_, g in cands[:20]:
+            pn = _reduce_1d(p, g, ta(p) / p)
+            if pn < floor:
+                continue
+            pn2, tn, on_new = _refine_1d(s, pn, t, ta(pn), grow)
+            if _better(on, on_new):
+                p, t, on = pn2, tn, on_new
+                break
+        else:
+            break
+    p, t = _coarsen_1d(s, p, t, ta(p))
+    p, t, on = _refine_1d(s, p, t, ta(p), grow)
+    return p, t, float(on.mean())
+
+
+def _fit_1d(s: np.ndarray, tol: float) -> tuple[float, float]:
+    """Spacing and origin of the 1-D lattice of positions ``s`` (same strategy as in 2-D)."""
+    ss = np.sort(s)
+    k = min(len(ss) - 1, 8)
+    d = np.concatenate([ss[j:] - ss[:-j] for j in range(1, k + 1)])
+    scale = max(float(ss[-1] - ss[0]), 1e-300)
+    d = np.sort(d[d > 1e-9 * scale])
+    D = np.column_stack([d, np.zeros(len(d))])
+    i = _supported(D, tol, 4 if len(s) >= 12 else 1)
+    p_sup = float(_mode(D, D[i if i is not None else 0], _MODE_TOL)[0])
+    best = None
+    for p0 in dict.fromkeys([float(d[0]), p_sup]):
+        tol_abs = _EXACT_TOL * p0
+        p, t, frac = _fit_1d_from(s, p0, tol_abs, tol)
+        if frac >= _EXACT_FRACTION and tol_abs <= 0.1 * p and (best is None or (frac, p) > (best[2], best[0])):
+            best = (p, t, frac)
+    if best is None:
+        best = _fit_1d_from(s, p_sup, None, tol)
+    return best[0], best[1]
 
 
 # --------------------------------------------------------------------------- public
@@ -607,7 +676,7 @@ def fit_lattice(xy: np.ndarray, *, tol: float = ON_LATTICE_TOL) -> LatticeFit:
     if n == 0:
         return _empty(0, -1, "none")
     extent = float(np.ptp(xy, axis=0).max()) if n > 1 else 0.0
-    if n == 1 or extent <= 1e-9 * max(1.0, float(np.abs(xy).max())):
+    if n == 1 or extent <= 1e-12 * max(1.0, float(np.abs(xy).max())):
         return LatticeFit(dim=0, kind="point", pitch_px=float("nan"), n_spots=n, n_on_lattice=n,
                           fraction_on_lattice=1.0)
     S = _subsample(xy, _MAX_FIT_POINTS)
@@ -619,12 +688,14 @@ def fit_lattice(xy: np.ndarray, *, tol: float = ON_LATTICE_TOL) -> LatticeFit:
     u = D[i]
     lu = float(np.linalg.norm(u))
     # one line? (every spot within tol pitches of the line through the spots along u)
-    uh = u / lu
-    nh = np.array([-uh[1], uh[0]])
-    perp = (xy - xy.mean(axis=0)) @ nh
-    if float(np.abs(perp - np.median(perp)).max()) <= tol * lu:
+    centred = xy - xy.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    uh, nh = vt[0], np.array([-vt[0][1], vt[0][0]])  # the principal axis and its normal
+    perp = centred @ nh
+    line_tol = tol * min(lu, 1.5 * float(np.linalg.norm(D[0])))
+    if float(np.abs(perp - np.median(perp)).max()) <= line_tol:
         s = xy @ uh
-        p, t = _fit_1d(s, lu, tol)
+        p, t = _fit_1d(s, tol)
         k = np.rint((s - t) / p)
         along = s - t - k * p
         res = np.hypot(along, perp - np.median(perp))
@@ -646,18 +717,31 @@ def fit_lattice(xy: np.ndarray, *, tol: float = ON_LATTICE_TOL) -> LatticeFit:
         sins = np.array([_sin(u, c) for c in cand])
         ok = np.flatnonzero(sins >= _PARALLEL_SIN)
         w = cand[ok[np.argmin(np.hypot(*cand[ok].T))]] if len(ok) else cand[int(np.argmax(sins))]
-    # exact centres (10x): the lattice generated by the differences, tight tolerance
+    j = _supported(D[idx], tol, need) if len(idx) else None
+    if j is not None:
+        w = D[idx][j]
+    um, wm = _mode(D, u, _MODE_TOL), _mode(D, w, _MODE_TOL)
+    if _sin(um, wm) >= _PARALLEL_SIN:
+        u, w = um, wm
+    # exact centres (10x): the lattice generated by the differences, tight tolerance; started
+    # from the shortest differences (sparse subsets: nothing is seen twice) and from the
+    # supported ones (stray spots: the shortest difference may involve one)
+    starts = [(u, w)]
     u0 = D[0]
     par0 = np.abs(u0[0] * D[:, 1] - u0[1] * D[:, 0]) >= _PARALLEL_SIN * float(np.linalg.norm(u0)) * lengths
-    w0 = D[np.flatnonzero(par0)[0]] if par0.any() else w
-    B, t, frac = _fit_2d_exact(S, u0, w0, _EXACT_TOL * float(np.linalg.norm(u0)))
-    if frac < _EXACT_FRACTION:  # jittered centres (legacy ST): supported vectors, grown fit
-        j = _supported(D[idx], tol, need) if len(idx) else None
-        if j is not None:
-            w = D[idx][j]
-        um, wm = _mode(D, u, _MODE_TOL), _mode(D, w, _MODE_TOL)
-        if _sin(um, wm) >= _PARALLEL_SIN:
-            u, w = um, wm
+    if par0.any():
+        starts.insert(0, (u0, D[np.flatnonzero(par0)[0]]))
+    best = None
+    for us, ws in starts:
+        tol_abs = _EXACT_TOL * float(np.linalg.norm(us))
+        Bx, tx, frac = _fit_2d_exact(S, us, ws, tol_abs)
+        pitch_x = float(np.linalg.norm(Bx, axis=1).min())
+        if frac >= _EXACT_FRACTION and tol_abs <= 0.1 * pitch_x:
+            if best is None or (frac, pitch_x) > (best[2], best[3]):
+                best = (Bx, tx, frac, pitch_x)
+    if best is not None:
+        B, t = best[0], best[1]
+    else:  # jittered centres (legacy ST): grown least-squares fit, tolerance relative to the pitch
         B, t = _fit_2d(S, u, w, tol)
     B, res, inl = _final_2d(xy, B, t, tol)
     kind, angle, ratio = _classify(B)
