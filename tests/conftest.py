@@ -37,7 +37,7 @@ def sample_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sample_stores(sample_root, tmp_path_factory) -> dict[str, Path]:
     """Every sample slide converted once per session: slide id -> store path (read-only)."""
-    from stimage_sd.io._batch import convert_many
+    from stimage_sd.batch import convert_many
 
     out = tmp_path_factory.mktemp("stores")
     results = convert_many(sample_root, out, progress=False)

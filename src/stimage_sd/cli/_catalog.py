@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .._errors import StimageError
+from ..errors import StimageError
 from . import app
 from ._filters import CatalogFilter, filter_options, parse_bytes
 
@@ -21,7 +21,7 @@ _TABLE_COLUMNS = ("tech", "species", "tissue", "spot_num", "annotated", "study",
 
 
 def _load(source: str, revision: str | None = None):
-    from ..io._catalog import Catalog
+    from ..hub import Catalog
 
     if source == "hub":
         return Catalog.from_hub(revision=revision)
@@ -39,7 +39,7 @@ def _cell(v) -> str:
 
 
 def _fmt_size(v) -> str:
-    from ..io._hub import format_bytes
+    from ..hub import format_bytes
 
     return "" if _missing(v) else format_bytes(int(v))
 
@@ -235,9 +235,9 @@ def download(
 
       stimage-sd convert ./release ./stores --species human --tissue brain --tech Visium --annotated
     """
-    from ..io._catalog import Catalog
-    from ..io._hub import DEFAULT_CONFIRM_BYTES, PARTS, format_bytes
-    from ..io._hub import download as _download
+    from ..hub import DEFAULT_CONFIRM_BYTES, Catalog, format_bytes
+    from ..hub import download as _download
+    from ..io._layout import PARTS
 
     threshold = parse_bytes(confirm_above) if confirm_above else DEFAULT_CONFIRM_BYTES
     ids = filters.slide_ids()

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .._errors import StimageError
+from ..errors import StimageError
 
 __all__ = ["CatalogFilter", "filter_options", "parse_bytes", "read_slide_list"]
 
@@ -62,7 +62,7 @@ class CatalogFilter:
         return list(dict.fromkeys(ids)) if (self.slide or self.slides_file is not None) else None
 
     def catalogue_kwargs(self) -> dict[str, Any]:
-        """The :meth:`Catalog.filter <stimage_sd.io.Catalog.filter>` arguments other than ``slides``."""
+        """The :meth:`Catalog.filter <stimage_sd.hub.Catalog.filter>` arguments other than ``slides``."""
         out: dict[str, Any] = {}
         for name in ("species", "tissue", "tech", "study", "text"):
             v = getattr(self, name)
@@ -85,7 +85,7 @@ class CatalogFilter:
         return self.needs_catalogue or self.slide_ids() is not None
 
     def apply(self, catalog):
-        """Filter a :class:`~stimage_sd.io.Catalog`; returns the filtered catalogue."""
+        """Filter a :class:`~stimage_sd.hub.Catalog`; returns the filtered catalogue."""
         return catalog.filter(slides=self.slide_ids(), **self.catalogue_kwargs())
 
 

@@ -27,8 +27,8 @@ from .._constants import (
     TABLE_KEY,
     UNS_KEY,
 )
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 
 __all__ = ["Problem", "ValidationReport", "validate"]
 
@@ -187,7 +187,7 @@ def validate(
     if not path.is_dir():
         report.add("store", "no such store (not a folder)")
         return report
-    from ._store import MARKER, store_attrs
+    from ._transaction import MARKER, store_attrs
 
     attrs = store_attrs(path)
     report.checks.append("marker")
@@ -196,7 +196,7 @@ def validate(
     elif attrs.get(MARKER) is not True:
         if attrs.get("pending_table"):
             report.add("marker", "completion marker missing: an interrupted table replacement (stimage-sd analyze); "
-                       "run the analysis again or stimage_sd.tl.recover_store to repair it")
+                       "run the analysis again or stimage_sd.io.recover_store to repair it")
         else:
             report.add("marker", "completion marker missing: an interrupted or foreign write; convert the slide again")
 
@@ -550,9 +550,9 @@ def _check_source(
         if "size" in rec and int(rec["size"]) != size:
             report.add("source", f"{p}: {size} bytes, but the store was converted from {rec['size']} bytes")
         elif checksums and rec.get("sha256"):
-            from ._build import _sha256
+            from .._utils import sha256_file
 
-            if _sha256(p) != rec["sha256"]:
+            if sha256_file(p) != rec["sha256"]:
                 report.add("source", f"{p}: SHA-256 differs from the file the store was converted from")
 
     coords = read_coords(files.coord)

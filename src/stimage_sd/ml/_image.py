@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .._constants import IMAGE_KEY
-from .._errors import StimageError
+from ..errors import StimageError
 
 __all__ = ["FILTERS", "PatchGeometry", "SlideImage", "cut_patches", "tissue_fraction"]
 

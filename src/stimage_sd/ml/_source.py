@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from .._constants import TABLE_KEY, UNS_KEY
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 from ._image import PatchGeometry, SlideImage
 
 __all__ = [
@@ -63,7 +63,7 @@ def slide_header(path: Path) -> dict[str, Any]:
     StimageError
         If ``path`` is not a complete converted store.
     """
-    from ..io._store import is_complete, store_attrs
+    from ..io._transaction import is_complete, store_attrs
 
     if not path.is_dir():
         raise StimageError(f"{path}: no such store")

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from .._constants import IMAGE_KEY, MICRON_CS, PIXEL_CS, SHAPES_KEY, TABLE_KEY
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 from ..pp._utils import get_table, slide_info
 
 __all__ = ["spatial"]

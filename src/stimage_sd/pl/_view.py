@@ -19,8 +19,8 @@ from .._constants import (
     TABLE_KEY,
     UNS_KEY,
 )
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 
 if TYPE_CHECKING:
     from napari_spatialdata import Interactive

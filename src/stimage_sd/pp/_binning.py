@@ -11,8 +11,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._constants import GEOMETRY, INSTANCE_KEY, REGION_KEY, SHAPES_KEY, TABLE_KEY, UNS_KEY
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 
 __all__ = ["BinGrid", "bin_hd", "fit_square_grid"]
 

@@ -7,8 +7,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy import sparse
 
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 from ._utils import get_table
 
 __all__ = ["NORMALIZE_KEY", "normalize"]

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._constants import TABLE_KEY, UNS_KEY
-from .._errors import StimageError
+from ..errors import StimageError
 
 __all__ = ["get_table", "quiet", "slide_info"]
 

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 from ..pp._utils import get_table, slide_info
 
 __all__ = ["DEFAULT_HOPS", "domains", "neighbourhood_features"]
