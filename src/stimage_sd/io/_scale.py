@@ -4,7 +4,7 @@ The release ships no micrometres-per-pixel value. Two independent estimates are 
 
 - **pitch**: the fundamental spacing of the lattice the spot centres lie on, in pixels,
   against the technology's centre-to-centre distance (Visium 100 µm, ST 200 µm, VisiumHD
-  8 µm). The lattice is fitted from pair-difference vectors (:mod:`stimage_sd._lattice`),
+  8 µm). The lattice is fitted from pair-difference vectors (``stimage_sd.io._lattice``),
   so it is right on sparse subsets too; for legacy ST, whose spot ids carry their array
   indices, it is a least-squares fit against those indices (robust to positional jitter);
 - **radius**: the release's spot radius ``r`` against the physical radius it stands for
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .._constants import GEOMETRY, SCALE_DISAGREEMENT_WARN
-from .._lattice import LatticeFit, fit_array_lattice, fit_lattice, lattice_norms
+from ._lattice import LatticeFit, fit_array_lattice, fit_lattice, lattice_norms
 from .._logging import logger
 
 __all__ = [
@@ -97,7 +97,7 @@ class PixelSize:
         The lattice spacing in pitches that was used (1 unless a line of spots is e.g. a
         Visium column, sqrt 3 pitches apart).
     lattice
-        The lattice fit (:class:`stimage_sd._lattice.LatticeFit` as a dict): kind,
+        The lattice fit (``stimage_sd.io._lattice.LatticeFit`` as a dict): kind,
         spots on it, RMS residual, pitch pairs, ... and ``decisive``.
 
     Examples

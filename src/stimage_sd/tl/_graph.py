@@ -53,7 +53,7 @@ def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
     """
     from scipy.spatial import cKDTree
 
-    from .._lattice import fit_lattice
+    from ..io._lattice import fit_lattice
 
     xy = np.asarray(xy, dtype=np.float64)
     n = len(xy)

@@ -354,7 +354,7 @@ def _grid(grid: str, nr: int, nc: int) -> np.ndarray:
 @pytest.mark.parametrize("seed", range(12))
 def test_lattice_fit_rotated_offset_sparse_jittered(seed):
     """Rotated, shifted, thinned (to 10 %), jittered grids with a few stray spots: pitch within 2 %."""
-    from stimage_sd._lattice import fit_lattice
+    from stimage_sd.io._lattice import fit_lattice
 
     rng = np.random.default_rng(seed)
     grid = ("hex", "square")[seed % 2]
@@ -375,7 +375,7 @@ def test_lattice_fit_rotated_offset_sparse_jittered(seed):
 
 
 def test_random_positions_are_not_a_lattice():
-    from stimage_sd._lattice import fit_lattice
+    from stimage_sd.io._lattice import fit_lattice
 
     xy = np.random.default_rng(0).random((400, 2)) * 1000
     fit = fit_lattice(xy)
