@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .._constants import GEOMETRY, SCALE_DISAGREEMENT_WARN
-from ._lattice import LatticeFit, fit_array_lattice, fit_lattice, lattice_norms
 from .._logging import logger
+from ._lattice import LatticeFit, fit_array_lattice, fit_lattice, lattice_norms
 
 __all__ = [
     "PixelSize",
