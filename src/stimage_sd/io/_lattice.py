@@ -10,17 +10,21 @@ the typical gap between *kept* spots, 2.7 pitches there).
 
 The fit (:func:`fit_lattice`):
 
-1. candidate basis: the two shortest non-parallel difference vectors that occur at least
-   twice (``support``) among the k-nearest-neighbour differences;
-2. least-squares refinement ``xy = t + k @ B`` over the integer lattice coordinates ``k``,
-   grown outwards from a central spot so that positional jitter cannot make the far spots
-   take the wrong integer coordinates;
-3. cosets: if spots fall *between* the sites of the fitted lattice, the basis is a
-   sublattice (a sparse subset that holds no adjacent pair in some direction). Their
-   offsets are themselves lattice vectors: the most frequent one is added to the generators
-   and the basis is reduced again (a noisy two-dimensional Euclid), then step 2 repeats;
-4. coarsest lattice: a sublattice of index 2 or 3 that holds (almost) every on-lattice spot
-   replaces the fit (guards against a spurious short generator from a stray spot).
+1. candidate basis: the shortest difference vectors between neighbouring spots, and the
+   best-supported ones (seen most often, so that a stray spot does not set the scale);
+2. the lattice those vectors generate. If spots fall *between* the sites of the current
+   lattice, it is a sublattice (a sparse subset without adjacent spots in some direction):
+   their offsets are themselves lattice vectors, the most frequent one is added and the
+   basis reduced again (a noisy two-dimensional Euclid). A refinement is accepted only if
+   it keeps the spots already on the lattice and takes in at least a third of the others;
+3. coarsest lattice: a sublattice of index 2 or 3 that holds every on-lattice spot
+   replaces the fit;
+4. two modes: *exact* centres (10x, rounded to whole full-resolution pixels) use a fixed
+   tight tolerance and no least squares while building; *jittered* centres (legacy ST)
+   use least squares over the integer lattice coordinates, grown outwards from a central
+   spot, with a tolerance relative to the pitch. The exact mode is used when it puts
+   >= 90 % of the spots on its lattice;
+5. a final least-squares fit over every on-lattice spot; quality measures are recorded.
 
 A one-dimensional variant handles spots that all lie on a line (one row or column).
 :func:`fit_array_lattice` does the same least-squares fit with the integer coordinates
