@@ -230,14 +230,13 @@ def _subsample(xy: np.ndarray, m: int, seed: int = 0) -> np.ndarray:
     n = len(xy)
     if n <= m:
         return xy
-    from scipy.spatial import cKDTree
-
     centre = np.median(xy, axis=0)
-    tree = cKDTree(xy)
-    _, patch = tree.query(centre, k=m // 2)
-    rest = np.setdiff1d(np.arange(n), patch)
-    rng = np.random.default_rng(seed)
-    spread = rng.choice(rest, size=m - len(patch), replace=False)
+    d2 = ((xy - centre) ** 2).sum(axis=1)
+    patch = np.argpartition(d2, m // 2)[: m // 2]
+    mask = np.ones(n, dtype=bool)
+    mask[patch] = False
+    rest = np.flatnonzero(mask)
+    spread = np.random.default_rng(seed).choice(rest, size=m - len(patch), replace=False)
     return xy[np.sort(np.concatenate([patch, spread]))]
 
 
