@@ -196,7 +196,7 @@ def test_st_one_row_or_column_is_offset_independent(real_data, axis):
 def test_generated_st_jitter_within_2_percent(tmp_path):
     from stimage_sd.datasets import SlideSpec, make_slide
 
-    spec = SlideSpec("Human_Breast_Jit_10142021_ST_A1", "ST", grid=(20, 22), um_per_px=1.7, n_genes=40,
+    spec = SlideSpec("Human_Breast_Jit_10142021_ST_A1", "ST", grid=(16, 18), um_per_px=7.0, n_genes=40,
                      n_domains=2, n_markers=2)
     truth = make_slide(tmp_path, spec)
     files = ssd.io.find_slide(tmp_path, spec.slide)
