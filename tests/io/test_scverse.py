@@ -27,6 +27,7 @@ def test_squidpy_builds_spatial_graph(sample_stores):
     assert degree.max() <= 6
 
 
+@pytest.mark.slow
 def test_spatialdata_plot_renders_spots_over_image(sample_stores, tmp_path):
     import matplotlib
 
@@ -49,6 +50,7 @@ def test_spatialdata_plot_renders_spots_over_image(sample_stores, tmp_path):
     assert img.std() > 10  # not blank
 
 
+@pytest.mark.slow
 def test_demo_command(tmp_path, capsys):
     code = main(["--quiet", "demo", str(tmp_path / "demo")])
     out = capsys.readouterr().out

@@ -256,6 +256,7 @@ def test_spatial_graph_falls_back_on_irregular_layouts(analysis_slides):
 # --- figures and legacy AnnData -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pl_spatial_over_the_image_in_both_coordinate_systems(analysed, tmp_path):
     import matplotlib.pyplot as plt
 
@@ -339,6 +340,7 @@ def test_replace_table_writes_results_back(store_copy):
     assert "tables/table/obs/qc_outlier" in group.metadata.consolidated_metadata.flattened_metadata
 
 
+@pytest.mark.slow
 def test_interrupted_replacement_is_detected_and_recovered(store_copy):
     """Reproduce the store at each point where a SIGKILL can stop replace_table."""
     import spatialdata as sd

@@ -42,6 +42,7 @@ def _assert_same_table(a, b) -> None:
     pd.testing.assert_frame_equal(a.uns["moranI"], b.uns["moranI"])
 
 
+@pytest.mark.slow
 def test_analyze_writes_results_report_and_is_repeatable(stores, tmp_path, capsys):
     report = tmp_path / "report"
     visium, hd = stores["Visium"], stores["VisiumHD"]
