@@ -19,7 +19,7 @@ def test_squidpy_builds_spatial_graph(sample_stores):
     import squidpy as sq
 
     table = sd.read_zarr(_visium(sample_stores))["table"]
-    sq.gr.spatial_neighbors(table, coord_type="grid", n_neighs=6, spatial_key="spatial")
+    sq.gr.spatial_neighbors_grid(table, n_neighs=6, spatial_key="spatial")
     conn = table.obsp["spatial_connectivities"]
     degree = np.asarray(conn.sum(axis=1)).ravel()
     # hexagonal Visium grid: interior spots have 6 neighbours
