@@ -72,6 +72,7 @@ def test_spatial_weight_out_of_range():
         neighbourhood_features(np.zeros((3, 2)), sparse.eye(3), 1, 1.5)
 
 
+@pytest.mark.slow  # ~5-11 s on 2 busy cores (three clusterings of 1,958 spots)
 def test_default_beats_smoothing_baseline_and_expression_leiden(weak_layers, caplog):
     adata, spec = weak_layers
     y = adata.obs["domain"].to_numpy()
