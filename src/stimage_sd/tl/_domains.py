@@ -31,7 +31,7 @@ from .._logging import logger
 from ..errors import StimageError
 from ..pp._utils import get_table, slide_info
 
-__all__ = ["DEFAULT_HOPS", "domains", "neighbourhood_features"]
+__all__ = ["DEFAULT_HOPS", "cluster_features", "domains", "neighbourhood_features"]
 
 #: Default hops of neighbourhood averaging per technology.
 DEFAULT_HOPS = {"ST": 2, "Visium": 2, "VisiumHD": 5}
@@ -294,3 +294,64 @@ def domains(
         params["resolution"] = float(used_resolution)
     adata.uns[key_added] = params
     logger.info("%d spatial domains (%s, λ=%.2f, %d hops)", found, method, spatial_weight, params["n_hops"])
+
+
+def cluster_features(
+    feats: np.ndarray,
+    n_domains: int | None = None,
+    *,
+    method: Literal["leiden", "kmeans", "gmm"] = "leiden",
+    resolution: float = 0.5,
+    n_neighbors: int = 15,
+    seed: int = 0,
+) -> tuple[pd.Categorical, dict[str, Any]]:
+    """Cluster precomputed features exactly as :func:`domains` clusters its own.
+
+    The stable entry point for callers that build the features themselves (the cohort
+    domains of :func:`stimage_sd.tl.cohort_domains`).
+
+    Parameters
+    ----------
+    feats
+        ``(n, d)`` features.
+    n_domains, method, resolution, n_neighbors, seed
+        As in :func:`domains`.
+
+    Returns
+    -------
+    ``(labels, info)``: categorical labels ``"0"``, ``"1"``, ... by decreasing size, and
+    ``{"method", "n_domains", "resolution"?}``.
+    """
+    from anndata import AnnData
+
+    feats = np.asarray(feats, dtype=np.float32)
+    n = feats.shape[0]
+    if method in ("kmeans", "gmm") and n_domains is None:
+        raise ValueError(f"method={method!r} needs n_domains")
+    info: dict[str, Any] = {"method": method}
+    if method == "leiden":
+        k = min(n_neighbors, n - 1)
+        conn, dist = _knn_graph(feats, k, seed)
+        tmp = AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)))
+        tmp.obsp["c"], tmp.obsp["d"] = conn, dist
+        tmp.uns["knn"] = {"connectivities_key": "c", "distances_key": "d", "params": {"n_neighbors": int(k), "method": "knn-union"}}
+        if n_domains is None:
+            labels, info["resolution"] = _leiden(tmp, resolution, seed, "knn"), float(resolution)
+        else:
+            labels, used = _leiden_to_k(tmp, int(n_domains), seed, "knn")
+            info["resolution"] = float(used)
+    elif method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        labels = KMeans(n_clusters=int(n_domains), n_init=10, random_state=seed).fit_predict(feats)
+    elif method == "gmm":
+        from sklearn.mixture import GaussianMixture
+
+        labels = GaussianMixture(
+            n_components=int(n_domains), covariance_type="diag", n_init=3, random_state=seed
+        ).fit_predict(feats)
+    else:
+        raise ValueError(f"method must be 'leiden', 'kmeans' or 'gmm', got {method!r}")
+    cats = _relabel_by_size(np.asarray(labels))
+    info["n_domains"] = int(cats.categories.size)
+    return cats, info

@@ -1,0 +1,286 @@
+"""Spatial domains that mean the same thing on every slide of a cohort.
+
+:func:`cohort_domains`:
+
+1. ``Z``: one PCA of the normalised expression of all slides (batch-aware highly
+   variable genes, :func:`stimage_sd.pp.highly_variable_genes`);
+2. BANKSY-style features ``[sqrt(1 - λ) Z, sqrt(λ) P^h Z]`` per slide
+   (:func:`stimage_sd.tl._domains.neighbourhood_features`): the spatial graph joins spots
+   of the same slide only, so no neighbourhood crosses two slides;
+3. integration: Harmony on the features with the slide as batch
+   (:func:`stimage_sd.pp.integrate`), which removes slide-specific shifts;
+4. one joint clustering of all spots (:func:`stimage_sd.tl._domains.cluster_features`),
+   so label ``"2"`` is the same domain on every slide.
+
+Clustering each slide alone (:func:`stimage_sd.tl.domains`) finds the domains of each
+slide, but its labels are arbitrary per slide: ``"2"`` on one slide has no relation to
+``"2"`` on another. :func:`score_cohort` measures both the per-slide agreement with
+annotations (ARI) and whether a label means the same annotated domain across slides.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from .._logging import logger
+from ..errors import StimageError
+from ..pp._cohort import harmonize
+from ..pp._utils import get_table
+from ._domains import DEFAULT_HOPS, cluster_features, neighbourhood_features
+from ._score import EXCLUDED_LABELS
+
+__all__ = ["cohort_domains", "score_cohort", "slide_graph"]
+
+
+def slide_graph(adata, batch_key: str = "slide", *, key_added: str = "spatial") -> sparse.csr_matrix:
+    """Spatial graph of a cohort: each slide's own graph, no edge between two slides.
+
+    Builds :func:`stimage_sd.tl.spatial_graph` per slide (with the slide's technology
+    from ``obs["tech"]``) and writes the block-diagonal result to
+    ``obsp[f"{key_added}_connectivities"]`` (squidpy's layout with ``library_key``).
+
+    Parameters
+    ----------
+    adata
+        A cohort with ``obsm["spatial"]`` and ``obs[batch_key]``.
+    batch_key
+        ``obs`` column of the slides.
+    key_added
+        Prefix of the ``obsp`` key.
+
+    Returns
+    -------
+    The ``(n, n)`` connectivities.
+    """
+    from anndata import AnnData
+
+    from ._graph import spatial_graph
+
+    slides = adata.obs[batch_key].astype(str).to_numpy()
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    n = adata.n_obs
+    rows, cols = [], []
+    for s in pd.unique(slides):
+        idx = np.flatnonzero(slides == s)
+        sub = AnnData(obs=pd.DataFrame(index=adata.obs_names[idx]))
+        sub.obsm["spatial"] = xy[idx]
+        if "tech" in adata.obs:
+            sub.uns["stimage"] = {"tech": str(adata.obs["tech"].iloc[idx[0]])}
+        if len(idx) > 1:
+            spatial_graph(sub)
+            c = sparse.coo_matrix(sub.obsp["spatial_connectivities"])
+            rows.append(idx[c.row])
+            cols.append(idx[c.col])
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    conn = sparse.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(n, n))
+    adata.obsp[f"{key_added}_connectivities"] = conn
+    return conn
+
+
+def cohort_domains(
+    data: Any,
+    n_domains: int | None = None,
+    *,
+    batch_key: str = "slide",
+    integrate: Literal["harmony"] | None = "harmony",
+    resolution: float = 0.5,
+    spatial_weight: float = 0.8,
+    n_hops: int | None = None,
+    n_pcs: int = 30,
+    method: Literal["leiden", "kmeans", "gmm"] = "leiden",
+    n_neighbors: int = 15,
+    theta: float = 2.0,
+    seed: int = 0,
+    key_added: str = "domain",
+    table_key: str = "table",
+) -> None:
+    """Joint spatial domains of a cohort: the same label for the same domain on every slide.
+
+    See the module documentation for the method.
+
+    Parameters
+    ----------
+    data
+        A cohort (:func:`stimage_sd.io.read_cohort`) normalised by
+        :func:`stimage_sd.pp.normalize`, ideally with batch-aware highly variable genes
+        (:func:`stimage_sd.pp.highly_variable_genes`).
+    n_domains
+        Number of domains wanted; ``None``: Leiden at ``resolution``.
+    batch_key
+        ``obs`` column of the slides: spatial neighbourhoods stay within a slide and
+        Harmony corrects between them.
+    integrate
+        ``"harmony"`` (default) or ``None`` (no correction: batch effects then split
+        domains by slide).
+    resolution, spatial_weight, n_hops, n_pcs, method, n_neighbors, seed
+        As in :func:`stimage_sd.tl.domains` (``n_hops`` default per slide technology).
+    theta
+        Harmony's diversity penalty.
+    key_added
+        ``obs`` column of the result.
+    table_key
+        Table of a SpatialData.
+
+    Notes
+    -----
+    Writes ``obs[key_added]`` (categorical ``"0"``, ``"1"``, ... by decreasing size),
+    ``obsm["X_pca"]`` (scanpy), ``obsm[f"X_{key_added}"]`` (the integrated features),
+    ``obsp["spatial_connectivities"]`` (per-slide graphs, block diagonal) and
+    ``uns[key_added]`` (parameters and the number of domains found).
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> cohort = ssd.io.read_cohort("stores")
+    >>> ssd.pp.normalize(cohort, n_top_genes=None)
+    >>> ssd.pp.highly_variable_genes(cohort, n_top_genes=1000, batch_key="slide")
+    >>> ssd.tl.cohort_domains(cohort, n_domains=5, batch_key="slide")
+    >>> scores = ssd.tl.score_cohort(cohort)
+    """
+    import scanpy as sc
+
+    adata = get_table(data, table_key)
+    if "stimage_normalize" not in adata.uns and "log1p" not in adata.uns:
+        raise StimageError("tl.cohort_domains needs normalised expression: run stimage_sd.pp.normalize first")
+    if batch_key not in adata.obs:
+        raise StimageError(f"obs has no column {batch_key!r} (a cohort from stimage_sd.io.read_cohort has 'slide')")
+    if "spatial" not in adata.obsm:
+        raise StimageError("obsm['spatial'] is missing: the cohort needs spot coordinates")
+    if integrate not in ("harmony", None):
+        raise ValueError(f"integrate must be 'harmony' or None, got {integrate!r}")
+
+    mask = adata.var["highly_variable"].to_numpy(dtype=bool) if "highly_variable" in adata.var else None
+    n_feat = int(mask.sum()) if mask is not None else adata.n_vars
+    n_comps = max(2, min(n_pcs, n_feat - 1, adata.n_obs - 1))
+    sc.pp.pca(adata, n_comps=n_comps, mask_var=mask, svd_solver="arpack", random_state=seed)
+    z = np.asarray(adata.obsm["X_pca"], dtype=np.float64)
+
+    conn = slide_graph(adata, batch_key)
+    slides = adata.obs[batch_key].astype(str).to_numpy()
+    techs = adata.obs["tech"].astype(str).to_numpy() if "tech" in adata.obs else np.full(adata.n_obs, "")
+    width = 2 * z.shape[1] if spatial_weight > 0 else z.shape[1]
+    feats = np.zeros((adata.n_obs, width), dtype=np.float32)
+    hops_used: dict[str, int] = {}
+    for s in pd.unique(slides):
+        idx = np.flatnonzero(slides == s)
+        hops = int(n_hops) if n_hops is not None else DEFAULT_HOPS.get(techs[idx[0]], 2)
+        hops_used[s] = hops if spatial_weight > 0 else 0
+        adj = conn[idx][:, idx] if spatial_weight > 0 else None
+        feats[idx] = neighbourhood_features(z[idx], adj, hops, spatial_weight)
+    if integrate == "harmony":
+        feats = harmonize(feats, slides, theta=theta, seed=seed)
+    rep = f"X_{key_added}"
+    adata.obsm[rep] = feats
+
+    labels, info = cluster_features(feats, n_domains, method=method, resolution=resolution,
+                                    n_neighbors=n_neighbors, seed=seed)
+    adata.obs[key_added] = pd.Categorical(np.asarray(labels), categories=labels.categories)
+    params: dict[str, Any] = {
+        **info,
+        "batch_key": batch_key,
+        "integrate": integrate or "none",
+        "spatial_weight": float(spatial_weight),
+        "n_hops": hops_used,
+        "n_pcs": int(n_comps),
+        "n_domains_requested": int(n_domains) if n_domains is not None else 0,
+        "seed": int(seed),
+        "n_slides": len(hops_used),
+    }
+    if integrate == "harmony":
+        params["theta"] = float(theta)
+    adata.uns[key_added] = params
+    logger.info("%d joint domains over %d slides (%s, %s)", info["n_domains"], len(hops_used), method, integrate)
+
+
+def _majority(ct: pd.DataFrame) -> pd.Series:
+    """For each truth label (rows), the predicted label holding most of its spots."""
+    return ct.idxmax(axis=1)
+
+
+def score_cohort(
+    data: Any,
+    *,
+    key: str = "domain",
+    truth: str = "annotation",
+    batch_key: str = "slide",
+    study_key: str = "study",
+    exclude=EXCLUDED_LABELS,
+    table_key: str = "table",
+) -> pd.DataFrame:
+    """Per-slide agreement of domains with annotations, and whether labels match across slides.
+
+    Parameters
+    ----------
+    data
+        A cohort after :func:`cohort_domains` (or any per-spot labels in ``obs[key]``).
+    key
+        ``obs`` column of the domains.
+    truth
+        ``obs`` column of the annotation.
+    batch_key
+        ``obs`` column of the slides.
+    study_key
+        ``obs`` column of the studies (labels are compared across the slides of a study).
+    exclude
+        Annotation labels (case-insensitive) not scored.
+    table_key
+        Table of a SpatialData.
+
+    Returns
+    -------
+    One row per annotated slide, indexed by slide: ``study``, ``n_scored``, ``ari`` and
+    ``nmi`` (sklearn, on the slide alone), ``label_match`` (fraction of the slide's
+    annotated domains whose majority label is the one they get on the whole study: ``1``
+    when a label means the same annotated domain on this slide as on the study's other
+    slides) and ``study_ari`` (ARI over all spots of the study, labels taken as shared).
+    Also stored in ``uns[f"{key}_cohort_scores"]``.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> cohort = ssd.io.read_cohort("stores")
+    >>> ssd.pp.normalize(cohort)
+    >>> ssd.tl.cohort_domains(cohort, n_domains=5)
+    >>> ssd.tl.score_cohort(cohort)[["ari", "label_match"]]
+    """
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    adata = get_table(data, table_key)
+    for col in (key, truth, batch_key):
+        if col not in adata.obs:
+            raise StimageError(f"obs has no column {col!r}")
+    obs = adata.obs
+    y = obs[truth].astype(object)
+    skip = {str(e).lower() for e in exclude}
+    ok = y.notna() & ~y.astype(str).str.strip().str.lower().isin(skip)
+    df = pd.DataFrame({
+        "slide": obs[batch_key].astype(str).to_numpy(),
+        "study": obs[study_key].astype(str).to_numpy() if study_key in obs else "",
+        "truth": y.astype(str).to_numpy(),
+        "pred": obs[key].astype(str).to_numpy(),
+    })[ok.to_numpy()]
+    if df.empty:
+        raise StimageError(f"no spot has a usable {truth!r} label")
+    rows = []
+    for study, sd in df.groupby("study", sort=False):
+        study_map = _majority(pd.crosstab(sd["truth"], sd["pred"]))
+        study_ari = float(adjusted_rand_score(sd["truth"], sd["pred"]))
+        for slide, g in sd.groupby("slide", sort=False):
+            slide_map = _majority(pd.crosstab(g["truth"], g["pred"]))
+            rows.append({
+                "slide": slide,
+                "study": study,
+                "n_scored": len(g),
+                "ari": float(adjusted_rand_score(g["truth"], g["pred"])),
+                "nmi": float(normalized_mutual_info_score(g["truth"], g["pred"])),
+                "label_match": float((slide_map == study_map.reindex(slide_map.index)).mean()),
+                "study_ari": study_ari,
+            })
+    out = pd.DataFrame(rows).set_index("slide")
+    adata.uns[f"{key}_cohort_scores"] = {c: out[c].tolist() for c in out.columns} | {"slide": out.index.tolist()}
+    return out
