@@ -3,7 +3,11 @@
 :func:`cohort_domains`:
 
 1. ``Z``: one PCA of the normalised expression of all slides (batch-aware highly
-   variable genes, :func:`stimage_sd.pp.highly_variable_genes`);
+   variable genes, :func:`stimage_sd.pp.highly_variable_genes`), each gene centred within
+   each slide first (``batch_center``): a gene-wise multiplicative batch effect (capture
+   efficiency, depth) is an additive shift after ``log1p``, which the centring removes.
+   The centring is implicit (a sparse linear operator), so memory stays that of the
+   sparse matrix;
 2. BANKSY-style features ``[sqrt(1 - λ) Z, sqrt(λ) P^h Z]`` per slide
    (:func:`stimage_sd.tl._domains.neighbourhood_features`): the spatial graph joins spots
    of the same slide only, so no neighbourhood crosses two slides;
@@ -33,7 +37,59 @@ from ..pp._utils import get_table
 from ._domains import DEFAULT_HOPS, cluster_features, neighbourhood_features
 from ._score import EXCLUDED_LABELS
 
-__all__ = ["cohort_domains", "score_cohort", "slide_graph"]
+__all__ = ["batch_centred_pca", "cohort_domains", "score_cohort", "slide_graph"]
+
+
+def batch_centred_pca(X, batches: np.ndarray, n_comps: int, *, seed: int = 0) -> np.ndarray:
+    """PCA scores of ``X`` after centring every column within each batch.
+
+    The centred matrix is never formed: a :class:`scipy.sparse.linalg.LinearOperator`
+    applies ``X - M[batch]`` (``M``: per-batch column means) and
+    :func:`scipy.sparse.linalg.svds` (ARPACK, seeded) finds its leading singular vectors.
+
+    Parameters
+    ----------
+    X
+        ``(n, g)`` matrix, sparse or dense.
+    batches
+        Batch of each row.
+    n_comps
+        Number of components (``< min(n, g)``).
+    seed
+        Seed of ARPACK's start vector.
+
+    Returns
+    -------
+    ``(n, n_comps)`` scores ``U S``, by decreasing singular value, with scanpy's sign
+    convention (the largest loading of each component is positive).
+    """
+    from scipy.sparse.linalg import LinearOperator, svds
+
+    X = sparse.csr_matrix(X, dtype=np.float64) if sparse.issparse(X) else np.asarray(X, dtype=np.float64)
+    codes, _ = pd.factorize(np.asarray(batches))
+    n, g = X.shape
+    counts = np.bincount(codes).astype(np.float64)
+    onehot = sparse.csr_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, len(counts)))
+    sums = onehot.T @ X
+    means = (sums.toarray() if sparse.issparse(sums) else np.asarray(sums)) / counts[:, None]  # (batches, g)
+
+    def matvec(v):
+        v = np.asarray(v, dtype=np.float64).reshape(g, -1)
+        return np.asarray(X @ v) - (means @ v)[codes]
+
+    def rmatvec(u):
+        u = np.asarray(u, dtype=np.float64).reshape(n, -1)
+        return np.asarray(X.T @ u) - means.T @ np.asarray(onehot.T @ u)
+
+    op = LinearOperator((n, g), matvec=matvec, rmatvec=rmatvec, matmat=matvec, rmatmat=rmatvec, dtype=np.float64)
+    k = int(min(n_comps, min(n, g) - 1))
+    v0 = np.random.default_rng(seed).uniform(-1, 1, size=min(n, g))
+    u, s, vt = svds(op, k=k, v0=v0, solver="arpack")
+    order = np.argsort(-s)
+    u, s, vt = u[:, order], s[order], vt[order]
+    flip = np.sign(vt[np.arange(k), np.argmax(np.abs(vt), axis=1)])
+    flip[flip == 0] = 1
+    return (u * s) * flip
 
 
 def slide_graph(adata, batch_key: str = "slide", *, key_added: str = "spatial") -> sparse.csr_matrix:
@@ -88,6 +144,7 @@ def cohort_domains(
     *,
     batch_key: str = "slide",
     integrate: Literal["harmony"] | None = "harmony",
+    batch_center: bool = True,
     resolution: float = 0.5,
     spatial_weight: float = 0.8,
     n_hops: int | None = None,
@@ -117,6 +174,9 @@ def cohort_domains(
     integrate
         ``"harmony"`` (default) or ``None`` (no correction: batch effects then split
         domains by slide).
+    batch_center
+        Centre each gene within each slide before the PCA (see the module documentation);
+        ``False``: one PCA of the pooled data, as :func:`scanpy.pp.pca`.
     resolution, spatial_weight, n_hops, n_pcs, method, n_neighbors, seed
         As in :func:`stimage_sd.tl.domains` (``n_hops`` default per slide technology).
     theta
@@ -157,11 +217,15 @@ def cohort_domains(
     mask = adata.var["highly_variable"].to_numpy(dtype=bool) if "highly_variable" in adata.var else None
     n_feat = int(mask.sum()) if mask is not None else adata.n_vars
     n_comps = max(2, min(n_pcs, n_feat - 1, adata.n_obs - 1))
-    sc.pp.pca(adata, n_comps=n_comps, mask_var=mask, svd_solver="arpack", random_state=seed)
-    z = np.asarray(adata.obsm["X_pca"], dtype=np.float64)
+    slides = adata.obs[batch_key].astype(str).to_numpy()
+    if batch_center:
+        z = batch_centred_pca(adata.X if mask is None else adata.X[:, mask], slides, n_comps, seed=seed)
+        adata.obsm["X_pca"] = z.astype(np.float32)
+    else:
+        sc.pp.pca(adata, n_comps=n_comps, mask_var=mask, svd_solver="arpack", random_state=seed)
+        z = np.asarray(adata.obsm["X_pca"], dtype=np.float64)
 
     conn = slide_graph(adata, batch_key)
-    slides = adata.obs[batch_key].astype(str).to_numpy()
     techs = adata.obs["tech"].astype(str).to_numpy() if "tech" in adata.obs else np.full(adata.n_obs, "")
     width = 2 * z.shape[1] if spatial_weight > 0 else z.shape[1]
     feats = np.zeros((adata.n_obs, width), dtype=np.float32)
@@ -184,6 +248,7 @@ def cohort_domains(
         **info,
         "batch_key": batch_key,
         "integrate": integrate or "none",
+        "batch_center": bool(batch_center),
         "spatial_weight": float(spatial_weight),
         "n_hops": hops_used,
         "n_pcs": int(n_comps),
