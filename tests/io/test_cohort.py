@@ -143,7 +143,7 @@ def test_union_and_gene_list(cohort_stores):
     assert sparse.csr_matrix(part.X)[:, ~measured].nnz == 0  # genes the slide did not measure are zeros
     cols = pd.Index(genes).get_indexer(union.var_names[measured])
     assert (sparse.csr_matrix(part.X)[:, measured] != X[:, cols]).nnz == 0
-    wanted = list(union.var_names[[5, 0, 3]]) + ["NOT_A_GENE"]
+    wanted = [*union.var_names[[5, 0, 3]], "NOT_A_GENE"]
     picked = ssd.io.read_cohort(stores, genes=wanted)
     assert list(picked.var_names) == wanted and picked.var["n_slides"].iloc[-1] == 0
     assert sparse.csr_matrix(picked.X)[:, -1].nnz == 0
@@ -151,7 +151,7 @@ def test_union_and_gene_list(cohort_stores):
 
 def test_filters_species_and_errors(cohort_stores, tmp_path):
     stores = [*cohort_stores["study"], cohort_stores["other"], cohort_stores["mouse"]]
-    with pytest.raises(StimageError, match="mix species.*allow_mixed_species"):
+    with pytest.raises(StimageError, match=r"mix species.*allow_mixed_species"):
         ssd.io.read_cohort(stores)
     mixed = ssd.io.read_cohort(stores, genes="union", allow_mixed_species=True)
     assert set(mixed.obs["species"]) == {"human", "mouse"}
@@ -165,7 +165,7 @@ def test_filters_species_and_errors(cohort_stores, tmp_path):
         ssd.io.read_cohort([stores[0], shutil.copytree(stores[0], tmp_path / "copy.zarr")])
     broken = shutil.copytree(stores[0], tmp_path / "broken.zarr")
     set_marker(broken, False)
-    with pytest.raises(IncompleteStoreError, match="broken.zarr"):
+    with pytest.raises(IncompleteStoreError, match=r"broken\.zarr"):
         ssd.io.read_cohort([broken])
     with pytest.raises(StimageError, match="no such store"):
         ssd.io.read_cohort([tmp_path / "missing.zarr"])
