@@ -111,6 +111,12 @@ def slide_graph(adata, batch_key: str = "slide", *, key_added: str = "spatial") 
     Returns
     -------
     The ``(n, n)`` connectivities.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> cohort = ssd.io.read_cohort("stores")
+    >>> conn = ssd.tl.slide_graph(cohort, "slide")
     """
     from anndata import AnnData
 
