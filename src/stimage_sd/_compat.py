@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "click_exception_classes",
     "compute_coordinates",
     "get_channel_names",
     "get_ome_zarr_format",
@@ -80,3 +81,20 @@ def hub_network_errors() -> tuple[type[BaseException], ...]:
         if isinstance(c, type) and issubclass(c, BaseException)
     )
     return (HTTPError, *extra, ConnectionError, TimeoutError)
+
+
+def click_exception_classes(name: str) -> tuple[type[BaseException], ...]:
+    """Click's exception class ``name`` (``"ClickException"``, ``"Abort"``, ``"Exit"``) as raised by typer.
+
+    typer ≥ 0.26 vendors its own copy of click (``typer._click``), whose exceptions are not
+    click's; older typer raises click's own. Both are returned where both exist.
+    """
+    found: list[type[BaseException]] = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._constants import UNS_KEY
 from ..errors import IncompleteStoreError, StimageError
-from ._transaction import MARKER, TRASH_TAG, consolidate, is_complete, set_marker, temp_sibling
+from ._transaction import MARKER, atomic_path, consolidate, is_complete, set_marker
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -59,24 +57,12 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
     path = Path(path)
     if path.exists() and not overwrite:
         raise StimageError(f"{path} already exists (use overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
     attrs = dict(sdata.attrs.get(UNS_KEY, {}))
     attrs[MARKER] = False
     sdata.attrs[UNS_KEY] = attrs
-    try:
+    with atomic_path(path) as tmp:  # an existing store is swapped out through a trash sibling
         _write_elements(sdata, tmp)
         set_marker(tmp, True)
-        if path.exists():
-            trash = temp_sibling(path, TRASH_TAG)
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     sdata.attrs[UNS_KEY][MARKER] = True
     return path
 
