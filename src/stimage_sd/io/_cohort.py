@@ -552,8 +552,10 @@ def read_cohort(
     --------
     >>> import stimage_sd as ssd
     >>> adata = ssd.io.read_cohort("stores", genes="intersection", species="human")
-    >>> adata.obs.groupby("slide", observed=True).size()
-    >>> big = ssd.io.read_cohort("stores", out="cohort.zarr", lazy=True, overwrite=True)
+    >>> sorted(adata.obs["slide"].unique())
+    ['GSE000001_GSM0000001', 'Human_Breast_Synth_10142021_ST_A1']
+    >>> union = ssd.io.read_cohort("stores", genes="union", species="human")
+    >>> big = ssd.io.read_cohort("stores", species="human", out="cohort.zarr", lazy=True, overwrite=True)
     """
     import anndata as ad
 

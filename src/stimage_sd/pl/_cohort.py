@@ -92,10 +92,10 @@ def cohort_domains(
     Examples
     --------
     >>> import stimage_sd as ssd
-    >>> cohort = ssd.io.read_cohort("stores")
-    >>> ssd.pp.normalize(cohort)
-    >>> ssd.tl.cohort_domains(cohort, n_domains=5)
-    >>> fig = ssd.pl.cohort_domains(cohort)
+    >>> cohort = ssd.io.read_cohort("stores", species="human")
+    >>> ssd.pp.normalize(cohort, n_top_genes=None)
+    >>> ssd.tl.cohort_domains(cohort, n_domains=3)
+    >>> fig = ssd.pl.cohort_domains(cohort, study="GSE000001")
     """
     import matplotlib.pyplot as plt
 

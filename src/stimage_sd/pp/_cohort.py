@@ -61,9 +61,9 @@ def highly_variable_genes(
     Examples
     --------
     >>> import stimage_sd as ssd
-    >>> cohort = ssd.io.read_cohort("stores")
+    >>> cohort = ssd.io.read_cohort("stores", species="human")
     >>> ssd.pp.normalize(cohort, n_top_genes=None)
-    >>> ssd.pp.highly_variable_genes(cohort, n_top_genes=1000, batch_key="slide")
+    >>> ssd.pp.highly_variable_genes(cohort, n_top_genes=100, batch_key="slide")
     """
     import scanpy as sc
 
@@ -135,10 +135,12 @@ def integrate(
     --------
     >>> import scanpy as sc
     >>> import stimage_sd as ssd
-    >>> cohort = ssd.io.read_cohort("stores")
-    >>> ssd.pp.normalize(cohort)
-    >>> sc.pp.pca(cohort, mask_var="highly_variable")
+    >>> cohort = ssd.io.read_cohort("stores", species="human")
+    >>> ssd.pp.normalize(cohort, n_top_genes=None)
+    >>> sc.pp.pca(cohort, n_comps=10)
     >>> ssd.pp.integrate(cohort, batch_key="slide")
+    >>> cohort.obsm["X_pca_harmony"].shape == cohort.obsm["X_pca"].shape
+    True
     """
     adata = get_table(data, table_key)
     if copy:

@@ -115,7 +115,7 @@ def slide_graph(adata, batch_key: str = "slide", *, key_added: str = "spatial") 
     Examples
     --------
     >>> import stimage_sd as ssd
-    >>> cohort = ssd.io.read_cohort("stores")
+    >>> cohort = ssd.io.read_cohort("stores", species="human")
     >>> conn = ssd.tl.slide_graph(cohort, "slide")
     """
     from anndata import AnnData
@@ -202,10 +202,10 @@ def cohort_domains(
     Examples
     --------
     >>> import stimage_sd as ssd
-    >>> cohort = ssd.io.read_cohort("stores")
+    >>> cohort = ssd.io.read_cohort("stores", species="human")
     >>> ssd.pp.normalize(cohort, n_top_genes=None)
-    >>> ssd.pp.highly_variable_genes(cohort, n_top_genes=1000, batch_key="slide")
-    >>> ssd.tl.cohort_domains(cohort, n_domains=5, batch_key="slide")
+    >>> ssd.pp.highly_variable_genes(cohort, n_top_genes=100, batch_key="slide")
+    >>> ssd.tl.cohort_domains(cohort, n_domains=3, batch_key="slide")
     >>> scores = ssd.tl.score_cohort(cohort)
     """
     import scanpy as sc
@@ -314,10 +314,12 @@ def score_cohort(
     Examples
     --------
     >>> import stimage_sd as ssd
-    >>> cohort = ssd.io.read_cohort("stores")
-    >>> ssd.pp.normalize(cohort)
-    >>> ssd.tl.cohort_domains(cohort, n_domains=5)
-    >>> ssd.tl.score_cohort(cohort)[["ari", "label_match"]]
+    >>> cohort = ssd.io.read_cohort("stores", species="human")
+    >>> ssd.pp.normalize(cohort, n_top_genes=None)
+    >>> ssd.tl.cohort_domains(cohort, n_domains=3)
+    >>> scores = ssd.tl.score_cohort(cohort)
+    >>> list(scores.index)  # the annotated slides
+    ['GSE000001_GSM0000001']
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
