@@ -182,3 +182,32 @@ def test_cli_cohort(cohort_stores, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "none of the 3 store(s) matches" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_stores_over_http_give_the_same_cohort(cohort_stores):
+    """Stores served by a loopback HTTP server (fsspec URLs): same table, no image bytes read."""
+    import functools
+    import http.server
+    import threading
+
+    folder = cohort_stores["study"][0].parent
+    requested: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # quiet; record the paths instead
+            requested.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        urls = [f"http://127.0.0.1:{server.server_address[1]}/{s.name}" for s in cohort_stores["study"]]
+        remote = ssd.io.read_cohort(urls)
+    finally:
+        server.shutdown()
+        thread.join()
+    local = ssd.io.read_cohort(cohort_stores["study"])
+    assert (remote.X != local.X).nnz == 0 and remote.obs_names.equals(local.obs_names)
+    assert list(remote.obs["store"].cat.categories) == urls
+    assert remote.uns["spatial"][remote.obs["slide"].iloc[0]]["metadata"]["store"] == urls[0]
+    assert requested and not [p for p in requested if "/images/" in p]  # only the table was read

@@ -65,7 +65,10 @@ def open_group(location: str | Path, path: str = "") -> zarr.Group:
     """Open (read-only) the Zarr group ``path`` inside the store at ``location``.
 
     The single entry point the cohort reader uses to reach a store: a local folder, or a
-    URL (``hf://``, ``s3://``, ``https://``) that zarr opens through fsspec.
+    URL (``hf://``, ``s3://``, ``https://``, ``file://``) that zarr opens through fsspec.
+    The store's root is opened with its consolidated metadata and ``path`` is looked up
+    from there, so that listing a group needs no request of its own (plain HTTP cannot
+    list folders).
 
     Parameters
     ----------
@@ -86,15 +89,21 @@ def open_group(location: str | Path, path: str = "") -> zarr.Group:
     import zarr
 
     if _is_url(location):
-        where = str(location).rstrip("/") + (f"/{path}" if path else "")
+        where = str(location).rstrip("/")
     else:
-        where = str(Path(location) / path) if path else str(location)
+        where = str(location)
         if not Path(where).is_dir():
-            raise StimageError(f"{where}: no such store or group")
+            raise StimageError(f"{where}: no such store")
     try:
-        return zarr.open_group(where, mode="r")
+        root = zarr.open_group(where, mode="r")
     except Exception as e:  # zarr raises several types for a missing/foreign group
-        raise StimageError(f"{where}: not a readable Zarr group ({type(e).__name__}: {e})") from e
+        raise StimageError(f"{where}: not a readable Zarr store ({type(e).__name__}: {e})") from e
+    if not path:
+        return root
+    try:
+        return root[path]
+    except KeyError:
+        raise StimageError(f"{where}: the store has no group {path!r}") from None
 
 
 def list_stores(stores: str | Path | Iterable[str | Path]) -> list[str | Path]:
@@ -262,10 +271,9 @@ def _inspect(location: str | Path, table_key: str, normalise_case: bool) -> Coho
         raise IncompleteStoreError(
             f"{location}: store has no completion marker (interrupted or foreign write); convert the slide again"
         )
-    try:
-        tg = root[f"tables/{table_key}"]
-    except KeyError:
-        raise StimageError(f"{location}: the store has no table {table_key!r}") from None
+    if f"tables/{table_key}" not in root:
+        raise StimageError(f"{location}: the store has no table {table_key!r}")
+    tg = root[f"tables/{table_key}"]
     uns = read_elem(tg["uns"]) if "uns" in tg else {}
     meta = dict(uns.get(UNS_KEY, {})) or _attrs(root)
     var = read_elem(tg["var"])
