@@ -190,6 +190,7 @@ def test_stores_over_http_give_the_same_cohort(cohort_stores):
     import http.server
     import threading
 
+    pytest.importorskip("aiohttp", reason="fsspec's HTTP file system needs aiohttp")
     folder = cohort_stores["study"][0].parent
     requested: list[str] = []
 
