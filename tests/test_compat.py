@@ -87,3 +87,25 @@ def test_click_exception_classes_catch_typer_usage_errors():
     with pytest.raises(_compat.click_exception_classes("ClickException")):
         get_command(app).main(["not-a-number"], standalone_mode=False)
     assert _compat.click_exception_classes("Exit")
+
+
+def test_transformations_from_stored_ngff_and_set_on_a_multiscale(tmp_path):
+    """spatialdata's stored ``coordinateTransformations`` decode and set on every pyramid level."""
+    import spatialdata as sd
+    import zarr
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Identity, Scale, get_transformation
+
+    tf = {"global": Identity(), "micron": Scale([0.5, 0.5], axes=("y", "x"))}
+    image = Image2DModel.parse(np.zeros((3, 16, 16), dtype=np.uint8), dims=("c", "y", "x"), scale_factors=[2], transformations=tf)
+    sd.SpatialData(images={"he": image}).write(tmp_path / "s.zarr")
+    attrs = zarr.open_group(str(tmp_path / "s.zarr" / "images" / "he"), mode="r").attrs.asdict()
+    ms = attrs.get("ome", attrs)["multiscales"][0]
+    decoded = _compat.transformations_from_ngff(ms["coordinateTransformations"])
+    assert set(decoded) == {"global", "micron"}, f"spatialdata {version('spatialdata')}"
+    fresh = Image2DModel.parse(np.zeros((3, 16, 16), dtype=np.uint8), dims=("c", "y", "x"), scale_factors=[2])
+    _compat.set_transformations(fresh, decoded)
+    for cs in ("global", "micron"):
+        got = get_transformation(fresh, cs).to_affine_matrix(("x", "y"), ("x", "y"))
+        want = get_transformation(image, cs).to_affine_matrix(("x", "y"), ("x", "y"))
+        np.testing.assert_allclose(got, want)

@@ -19,6 +19,8 @@ __all__ = [
     "hub_network_errors",
     "overwrite_coordinate_transformations_raster",
     "raster_format",
+    "set_transformations",
+    "transformations_from_ngff",
 ]
 
 
@@ -62,6 +64,26 @@ def compute_coordinates(element: Any) -> Any:
     from spatialdata.transformations._utils import compute_coordinates as f
 
     return f(element)
+
+
+def transformations_from_ngff(encoded: list[dict[str, Any]]) -> dict[str, Any]:
+    """``spatialdata._io._utils._get_transformations_from_ngff_dict`` (spatialdata 0.7).
+
+    Stored ``coordinateTransformations`` -> ``{coordinate system: transformation}``.
+    """
+    from spatialdata._io._utils import _get_transformations_from_ngff_dict as f
+
+    return f(encoded)
+
+
+def set_transformations(element: Any, transformations: dict[str, Any]) -> None:
+    """``spatialdata.transformations._utils._set_transformations`` (spatialdata 0.7).
+
+    Sets every transformation of an element (a multiscale ``DataTree``: on each level) in memory.
+    """
+    from spatialdata.transformations._utils import _set_transformations as f
+
+    f(element, transformations)
 
 
 def hub_network_errors() -> tuple[type[BaseException], ...]:

@@ -212,3 +212,20 @@ def test_stores_over_http_give_the_same_cohort(cohort_stores):
     assert list(remote.obs["store"].cat.categories) == urls
     assert remote.uns["spatial"][remote.obs["slide"].iloc[0]]["metadata"]["store"] == urls[0]
     assert requested and not [p for p in requested if "/images/" in p]  # only the table was read
+
+
+def test_stores_on_the_hub_give_the_same_cohort(cohort_stores, fake_hub, tmp_path):
+    """``hf://`` stores on the loopback fake Hub: the same cohort, and no image chunk fetched."""
+    folder = tmp_path / "served"
+    for store in cohort_stores["study"]:
+        shutil.copytree(store, folder / store.name)
+    hub = fake_hub(folder, repo_id="me/stores")
+    urls = [ssd.hub.store_url(s.name.removesuffix(".zarr"), "me/stores") for s in cohort_stores["study"]]
+    assert all(u.startswith("hf://") for u in urls)
+    remote = ssd.io.read_cohort(urls, storage_options=ssd.hub.storage_options())
+    local = ssd.io.read_cohort(cohort_stores["study"])
+    assert (remote.X != local.X).nnz == 0 and remote.obs_names.equals(local.obs_names)
+    pd.testing.assert_frame_equal(remote.obs.drop(columns="store"), local.obs.drop(columns="store"))
+    assert list(remote.obs["store"].cat.categories) == urls
+    fetched = hub.downloads()
+    assert fetched and not [p for p in fetched if "/images/" in p and not p.endswith("zarr.json")]

@@ -49,6 +49,7 @@ def test_cli_view_bad_input_is_one_line(sample_stores, capsys):
     assert "table 'table_8um' not in the slide" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_view_without_a_display_is_a_clear_error(sample_stores, monkeypatch, capsys):
     pytest.importorskip("napari_spatialdata")
     import napari

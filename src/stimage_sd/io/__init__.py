@@ -19,6 +19,7 @@ from ._cohort import harmonise_gene_names, normalise_symbol, read_cohort
 from ._convert import convert_slide, store_path
 from ._coords import read_coords
 from ._counts import Counts, read_counts
+from ._header import ImageHeader, read_image_header
 from ._ids import study_of
 from ._image import read_image, sniff_image_format, to_rgb8
 from ._layout import SlideFiles, find_metadata, find_slide, list_slides, validate_slide_id
@@ -31,6 +32,7 @@ from ._validate import Problem, ValidationReport, validate
 
 __all__ = [
     "Counts",
+    "ImageHeader",
     "PixelSize",
     "Problem",
     "SlideFiles",
@@ -50,6 +52,7 @@ __all__ = [
     "read_coords",
     "read_counts",
     "read_image",
+    "read_image_header",
     "read_metadata",
     "read_slide",
     "recover_store",

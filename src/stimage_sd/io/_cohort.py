@@ -39,6 +39,8 @@ from .._constants import INSTANCE_KEY, REGION_KEY, TABLE_KEY, UNS_KEY
 from .._logging import logger, track
 from ..errors import IncompleteStoreError, StimageError
 from ._ids import study_of
+from ._remote import is_url
+from ._remote import open_group as open_remote_group
 from ._transaction import MARKER, TRASH_TAG, atomic_path, temp_sibling
 
 if TYPE_CHECKING:
@@ -57,18 +59,15 @@ _META_COLUMNS = ("slide", "study", "tech", "species", "tissue", "um_per_px", "st
 
 # ---------------------------------------------------------------------------------------
 # store locations
-def _is_url(location: str | Path) -> bool:
-    return isinstance(location, str) and "://" in location
-
-
-def open_group(location: str | Path, path: str = "") -> zarr.Group:
+def open_group(location: str | Path, path: str = "", *, storage_options: dict[str, Any] | None = None) -> zarr.Group:
     """Open (read-only) the Zarr group ``path`` inside the store at ``location``.
 
-    The single entry point the cohort reader uses to reach a store: a local folder, or a
-    URL (``hf://``, ``s3://``, ``https://``, ``file://``) that zarr opens through fsspec.
-    The store's root is opened with its consolidated metadata and ``path`` is looked up
-    from there, so that listing a group needs no request of its own (plain HTTP cannot
-    list folders).
+    The single entry point the cohort reader uses to reach a store: a local folder, or an
+    fsspec URL (``hf://``, ``s3://``, ``https://``, ``file://``) opened by the remote store
+    reader (:func:`stimage_sd.io._remote.open_group`: Hub endpoint and offline mode, clear
+    errors on a cut connection). The store's root is opened with its consolidated
+    metadata and ``path`` is looked up from there, so that listing a group needs no
+    request of its own (plain HTTP cannot list folders).
 
     Parameters
     ----------
@@ -76,6 +75,8 @@ def open_group(location: str | Path, path: str = "") -> zarr.Group:
         The store (``<slide>.zarr``), local or a URL.
     path
         Group inside the store (``"tables/table"``); ``""`` for the root.
+    storage_options
+        fsspec options for a URL (for ``hf://``: :func:`stimage_sd.hub.storage_options`).
 
     Returns
     -------
@@ -85,19 +86,22 @@ def open_group(location: str | Path, path: str = "") -> zarr.Group:
     ------
     StimageError
         If there is no Zarr group there.
+    RemoteReadError
+        If a remote read fails (retrying is safe).
     """
     import zarr
 
-    if _is_url(location):
+    if is_url(location):
         where = str(location).rstrip("/")
+        root = open_remote_group(where, storage_options=storage_options)
     else:
         where = str(location)
         if not Path(where).is_dir():
             raise StimageError(f"{where}: no such store")
-    try:
-        root = zarr.open_group(where, mode="r")
-    except Exception as e:  # zarr raises several types for a missing/foreign group
-        raise StimageError(f"{where}: not a readable Zarr store ({type(e).__name__}: {e})") from e
+        try:
+            root = zarr.open_group(where, mode="r")
+        except Exception as e:  # zarr raises several types for a missing/foreign group
+            raise StimageError(f"{where}: not a readable Zarr store ({type(e).__name__}: {e})") from e
     if not path:
         return root
     try:
@@ -122,7 +126,7 @@ def list_stores(stores: str | Path | Iterable[str | Path]) -> list[str | Path]:
     items = [stores] if isinstance(stores, str | Path) else list(stores)
     out: list[str | Path] = []
     for item in items:
-        if _is_url(item):
+        if is_url(item):
             out.append(str(item))
             continue
         p = Path(item)
@@ -232,11 +236,12 @@ class CohortSlide:
     genes: list[str]
     codes: np.ndarray = field(repr=False)
     n_spots: int = 0
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def where(self) -> str:
         """The store's location as text (an absolute path when local)."""
-        return str(self.location) if _is_url(self.location) else str(Path(self.location).resolve())
+        return str(self.location) if is_url(self.location) else str(Path(self.location).resolve())
 
     @property
     def species(self) -> str:
@@ -262,11 +267,13 @@ def _attrs(group) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def _inspect(location: str | Path, table_key: str, normalise_case: bool) -> CohortSlide:
+def _inspect(
+    location: str | Path, table_key: str, normalise_case: bool, storage_options: dict[str, Any] | None = None
+) -> CohortSlide:
     """Metadata and gene names of one store, without reading its counts."""
     from anndata.io import read_elem
 
-    root = open_group(location)
+    root = open_group(location, storage_options=storage_options)
     if not _attrs(root).get(MARKER, False):
         raise IncompleteStoreError(
             f"{location}: store has no completion marker (interrupted or foreign write); convert the slide again"
@@ -280,7 +287,8 @@ def _inspect(location: str | Path, table_key: str, normalise_case: bool) -> Coho
     names = var["gene_name"].astype(str).tolist() if "gene_name" in var else var.index.astype(str).tolist()
     slide = str(meta.get("slide") or Path(str(location).rstrip("/")).name.removesuffix(".zarr"))
     genes, codes = harmonise_gene_names(names, meta.get("species"), normalise_case=normalise_case)
-    return CohortSlide(location=location, slide=slide, meta=meta, genes=genes, codes=codes, n_spots=_n_obs(tg))
+    return CohortSlide(location=location, slide=slide, meta=meta, genes=genes, codes=codes, n_spots=_n_obs(tg),
+                       storage_options=storage_options)
 
 
 def _n_obs(tg) -> int:
@@ -350,7 +358,7 @@ def _slide_table(
     import anndata as ad
     from anndata.io import read_elem
 
-    tg = open_group(s.location, f"tables/{table_key}")
+    tg = open_group(s.location, f"tables/{table_key}", storage_options=s.storage_options)
     X = read_elem(tg["X"])
     X = sparse.csr_matrix(X)
     obs = read_elem(tg["obs"])
@@ -440,6 +448,7 @@ def plan_cohort(
     allow_mixed_species: bool = False,
     normalise_case: bool = True,
     table_key: str = TABLE_KEY,
+    storage_options: dict[str, Any] | None = None,
     progress: bool | None = None,
 ) -> list[CohortSlide]:
     """The stores of a cohort after filtering on their metadata (reads no counts).
@@ -451,7 +460,7 @@ def plan_cohort(
         raise StimageError("no store given")
     slides = []
     for loc in track(locations, "reading store metadata", total=len(locations), progress=progress):
-        s = _inspect(loc, table_key, normalise_case)
+        s = _inspect(loc, table_key, normalise_case, storage_options)
         keep = (
             _matches(s.value("species"), species)
             and _matches(s.value("tissue"), tissue)
@@ -498,6 +507,7 @@ def read_cohort(
     overwrite: bool = False,
     max_loaded_elems: int = 20_000_000,
     table_key: str = TABLE_KEY,
+    storage_options: dict[str, Any] | None = None,
     progress: bool | None = None,
 ) -> AnnData:
     """Read the tables of many converted slides as one AnnData (a cohort).
@@ -535,6 +545,9 @@ def read_cohort(
         Non-zero entries ``concat_on_disk`` holds in memory at once.
     table_key
         Table of each store.
+    storage_options
+        fsspec options for stores given as URLs (for ``hf://``:
+        :func:`stimage_sd.hub.storage_options`, which carries the token).
     progress
         Show progress bars.
 
@@ -553,6 +566,8 @@ def read_cohort(
     ------
     StimageError
         No store matches, a slide appears twice, species are mixed, a store has no table.
+    RemoteReadError
+        A read from a store at a URL failed (reading again is safe).
     IncompleteStoreError
         A store without its completion marker.
 
@@ -574,7 +589,7 @@ def read_cohort(
     slides = plan_cohort(
         stores, species=species, tissue=tissue, tech=tech, study=study,
         allow_mixed_species=allow_mixed_species, normalise_case=normalise_case,
-        table_key=table_key, progress=progress,
+        table_key=table_key, storage_options=storage_options, progress=progress,
     )
     index = pd.Index(_select_genes(slides, genes), dtype=object)
     var, measured = _var(slides, index)

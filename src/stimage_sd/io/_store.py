@@ -91,18 +91,32 @@ def _write_elements(sdata: SpatialData, tmp: Path) -> None:
     consolidate(tmp)
 
 
-def read(path: str | Path, *, selection: tuple[str, ...] | None = None, check: bool = True) -> SpatialData:
-    """Read a converted slide back.
+def read(
+    path: str | Path,
+    *,
+    selection: tuple[str, ...] | None = None,
+    check: bool = True,
+    storage_options: dict | None = None,
+) -> SpatialData:
+    """Read a converted slide back, from a folder or from any fsspec URL.
+
+    A URL (``hf://datasets/<repo>/<slide>.zarr``, ``s3://...``, ``https://...``,
+    ``file://...``) is opened lazily: the table and the shapes are read, image chunks are
+    fetched when a computation touches them (see :doc:`/remote`).
 
     Parameters
     ----------
     path
-        A ``.zarr`` store written by :func:`stimage_sd.io.convert_slide`.
+        A ``.zarr`` store written by :func:`stimage_sd.io.convert_slide`, or its URL.
     selection
         Element types to read (``("images", "shapes", "tables")``), as in
         :func:`spatialdata.read_zarr`.
     check
         Refuse a store without the completion marker.
+    storage_options
+        fsspec filesystem options for a URL (credentials, ``endpoint``, ``token``); for
+        ``hf://`` use :func:`stimage_sd.hub.storage_options`. ``None``: fsspec's defaults
+        (``hf://``: ``HF_ENDPOINT``/``HF_TOKEN`` from the environment).
 
     Returns
     -------
@@ -119,9 +133,14 @@ def read(path: str | Path, *, selection: tuple[str, ...] | None = None, check: b
     >>> root = ssd.datasets.sample("stimage_sample")
     >>> sdata = ssd.io.read(ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores"))
     >>> tables = ssd.io.read("stores/GSE000001_GSM0000001.zarr", selection=("tables",))
+    >>> remote = ssd.io.read("hf://datasets/<user>/<repo>/GSE000001_GSM0000001.zarr")  # doctest: +SKIP
     """
     import spatialdata as sd
 
+    from ._remote import is_url, read_remote
+
+    if is_url(path):
+        return read_remote(str(path), selection=selection, check=check, storage_options=storage_options)
     path = Path(path)
     if not path.is_dir():
         raise StimageError(f"{path}: no such store")

@@ -228,7 +228,7 @@ def is_complete(path: str | Path) -> bool:
     Parameters
     ----------
     path
-        A ``.zarr`` store folder (it need not exist).
+        A ``.zarr`` store folder (it need not exist), or its fsspec URL (one metadata read).
 
     Returns
     -------
@@ -244,6 +244,10 @@ def is_complete(path: str | Path) -> bool:
     >>> ssd.io.is_complete(store)
     True
     """
+    from ._remote import is_url, remote_is_complete
+
+    if is_url(path):
+        return remote_is_complete(str(path))
     path = Path(path)
     if not path.is_dir():
         return False
