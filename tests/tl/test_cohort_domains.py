@@ -139,8 +139,8 @@ def test_joint_domains_mean_the_same_on_every_slide(cohort):
 
 
 def test_without_centring_or_harmony_batch_effects_split_domains(cohort):
-    a = cohort.copy()
-    ssd.tl.cohort_domains(a, n_domains=N_DOMAINS, batch_center=False, integrate=None, key_added="raw")
+    a = ssd.tl.cohort_domains(cohort, n_domains=N_DOMAINS, batch_center=False, integrate=None, key_added="raw", copy=True)
+    assert "raw" in a.obs and "raw" not in cohort.obs  # copy=True leaves the input alone
     raw = ssd.tl.score_cohort(a, key="raw")
     print("\nno correction\n", raw[["ari", "label_match", "study_ari"]].round(3))
     assert raw["study_ari"].iloc[0] < 0.5  # the batch effects of the generator are real

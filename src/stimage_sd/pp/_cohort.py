@@ -8,7 +8,7 @@ import numpy as np
 
 from .._logging import logger
 from ..errors import StimageError
-from ._utils import get_table
+from ._utils import table_to_modify
 
 __all__ = ["highly_variable_genes", "integrate"]
 
@@ -67,9 +67,7 @@ def highly_variable_genes(
     """
     import scanpy as sc
 
-    adata = get_table(data, table_key)
-    if copy:
-        adata = adata.copy()
+    adata = table_to_modify(data, table_key, copy)
     if flavor != "seurat_v3" and "log1p" not in adata.uns:
         raise StimageError(f"flavor={flavor!r} needs log-normalised X: run stimage_sd.pp.normalize first")
     layer = None
@@ -142,9 +140,7 @@ def integrate(
     >>> cohort.obsm["X_pca_harmony"].shape == cohort.obsm["X_pca"].shape
     True
     """
-    adata = get_table(data, table_key)
-    if copy:
-        adata = adata.copy()
+    adata = table_to_modify(data, table_key, copy)
     if use_rep not in adata.obsm:
         raise StimageError(f"obsm has no {use_rep!r}: compute the embedding first (e.g. scanpy.pp.pca)")
     _batch_column(adata, batch_key)

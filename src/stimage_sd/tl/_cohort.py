@@ -33,7 +33,7 @@ from scipy import sparse
 from .._logging import logger
 from ..errors import StimageError
 from ..pp._cohort import harmonize
-from ..pp._utils import get_table
+from ..pp._utils import get_table, table_to_modify
 from ._domains import DEFAULT_HOPS, cluster_features, neighbourhood_features
 from ._score import EXCLUDED_LABELS
 
@@ -161,7 +161,8 @@ def cohort_domains(
     seed: int = 0,
     key_added: str = "domain",
     table_key: str = "table",
-) -> None:
+    copy: bool = False,
+) -> Any:
     """Joint spatial domains of a cohort: the same label for the same domain on every slide.
 
     See the module documentation for the method.
@@ -191,6 +192,12 @@ def cohort_domains(
         ``obs`` column of the result.
     table_key
         Table of a SpatialData.
+    copy
+        Work on a copy of the table and return it.
+
+    Returns
+    -------
+    The table when ``copy``, else ``None``.
 
     Notes
     -----
@@ -210,7 +217,7 @@ def cohort_domains(
     """
     import scanpy as sc
 
-    adata = get_table(data, table_key)
+    adata = table_to_modify(data, table_key, copy)
     if "stimage_normalize" not in adata.uns and "log1p" not in adata.uns:
         raise StimageError("tl.cohort_domains needs normalised expression: run stimage_sd.pp.normalize first")
     if batch_key not in adata.obs:
@@ -266,6 +273,7 @@ def cohort_domains(
         params["theta"] = float(theta)
     adata.uns[key_added] = params
     logger.info("%d joint domains over %d slides (%s, %s)", info["n_domains"], len(hops_used), method, integrate)
+    return adata if copy else None
 
 
 def _majority(ct: pd.DataFrame) -> pd.Series:
