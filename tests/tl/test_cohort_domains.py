@@ -115,6 +115,9 @@ def test_joint_domains_mean_the_same_on_every_slide(cohort):
     assert m.iloc[:, 0].is_unique, m
     assert (scores["label_match"] == 1.0).all() and scores["study_ari"].iloc[0] >= 0.85
     assert a.uns["domain"]["integrate"] == "harmony" and a.uns["domain"]["batch_center"]
+    # tl.domains with batch_key is the same joint clustering
+    b = ssd.tl.domains(cohort, n_domains=N_DOMAINS, batch_key="slide", copy=True)
+    assert (b.obs["domain"].to_numpy() == a.obs["domain"].to_numpy()).all()
     # spatial neighbourhoods never cross slides
     conn = a.obsp["spatial_connectivities"].tocoo()
     slides = a.obs["slide"].to_numpy()

@@ -202,7 +202,8 @@ def cohort_domains(
     Notes
     -----
     Writes ``obs[key_added]`` (categorical ``"0"``, ``"1"``, ... by decreasing size),
-    ``obsm["X_pca"]`` (scanpy), ``obsm[f"X_{key_added}"]`` (the integrated features),
+    ``obsm[f"{key_added}_pca"]`` (the PCA; scanpy's own ``X_pca`` is never touched),
+    ``obsm[f"X_{key_added}"]`` (the integrated features),
     ``obsp["spatial_connectivities"]`` (per-slide graphs, block diagonal) and
     ``uns[key_added]`` (parameters and the number of domains found).
 
@@ -231,12 +232,13 @@ def cohort_domains(
     n_feat = int(mask.sum()) if mask is not None else adata.n_vars
     n_comps = max(2, min(n_pcs, n_feat - 1, adata.n_obs - 1))
     slides = adata.obs[batch_key].astype(str).to_numpy()
+    pca_key = f"{key_added}_pca"
     if batch_center:
         z = batch_centred_pca(adata.X if mask is None else adata.X[:, mask], slides, n_comps, seed=seed)
-        adata.obsm["X_pca"] = z.astype(np.float32)
+        adata.obsm[pca_key] = z.astype(np.float32)
     else:
-        sc.pp.pca(adata, n_comps=n_comps, mask_var=mask, svd_solver="arpack", random_state=seed)
-        z = np.asarray(adata.obsm["X_pca"], dtype=np.float64)
+        sc.pp.pca(adata, n_comps=n_comps, mask_var=mask, svd_solver="arpack", random_state=seed, key_added=pca_key)
+        z = np.asarray(adata.obsm[pca_key], dtype=np.float64)
 
     conn = slide_graph(adata, batch_key)
     techs = adata.obs["tech"].astype(str).to_numpy() if "tech" in adata.obs else np.full(adata.n_obs, "")

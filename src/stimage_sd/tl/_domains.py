@@ -181,6 +181,7 @@ def domains(
     graph_key: str = Key.obsp.spatial,
     table_key: str = TABLE_KEY,
     copy: bool = False,
+    batch_key: str | None = None,
 ) -> AnnData | None:
     """Find spatial domains from expression and the spatial graph.
 
@@ -215,6 +216,10 @@ def domains(
     %(graph_key)s
     %(table_key)s
     %(copy)s
+    batch_key
+        For a cohort of slides (:func:`stimage_sd.io.read_cohort`): the ``obs`` column of
+        the slides; the domains are then found jointly, with the same label for the same
+        domain on every slide (:func:`stimage_sd.tl.cohort_domains`, Harmony integration).
 
     Returns
     -------
@@ -240,6 +245,14 @@ def domains(
     >>> ssd.tl.domains(sdata, n_domains=3)
     >>> ssd.tl.domains(sdata, spatial_weight=0.0, key_added="domain_expr")  # non-spatial baseline
     """
+    if batch_key is not None:  # a cohort: joint domains across slides
+        from ._cohort import cohort_domains
+
+        return cohort_domains(
+            data, n_domains, batch_key=batch_key, resolution=resolution, spatial_weight=spatial_weight,
+            n_hops=n_hops, n_pcs=n_pcs, method=method, n_neighbors=n_neighbors, seed=seed,
+            key_added=key_added, table_key=table_key, copy=copy,
+        )
     import scanpy as sc
 
     adata = table_to_modify(data, table_key, copy)
