@@ -260,7 +260,8 @@ def domains(
         Principal components of the highly variable genes.
     method
         ``"auto"`` (default): ``"kmeans"`` when ``n_domains`` is given, else
-        ``"leiden"`` at ``resolution``. ``"leiden"`` (with a resolution search when
+        ``"leiden"`` at ``resolution`` (with ``batch_key``: the default of
+        :func:`stimage_sd.tl.cohort_domains`). ``"leiden"`` (with a resolution search when
         ``n_domains`` is given), ``"kmeans"`` or ``"gmm"`` (a Gaussian mixture with a
         covariance matrix shared by the components, ``covariance_type="tied"``); the
         last two need ``n_domains``.
@@ -305,10 +306,13 @@ def domains(
     if batch_key is not None:  # a cohort: joint domains across slides
         from ._cohort import cohort_domains
 
+        # method="auto" leaves the choice to cohort_domains (its own default, benchmarked
+        # for cohorts separately)
+        extra = {} if method == "auto" else {"method": method}
         return cohort_domains(
             data, n_domains, batch_key=batch_key, resolution=resolution, spatial_weight=spatial_weight,
-            n_hops=n_hops, n_pcs=n_pcs, method=method, n_neighbors=n_neighbors, seed=seed,
-            key_added=key_added, table_key=table_key, copy=copy,
+            n_hops=n_hops, n_pcs=n_pcs, n_neighbors=n_neighbors, seed=seed,
+            key_added=key_added, table_key=table_key, copy=copy, **extra,
         )
     import scanpy as sc
 
