@@ -63,16 +63,20 @@ from ._export import export_patches
 from ._image import FILTERS
 from ._patchstore import EDGE, FLAGS, NO_TISSUE, is_patch_store, read_patch_attrs
 from ._split import load_split, split_slides
+from ._targets import RECIPES, Targets, targets
 
 __all__ = [
     "EDGE",
     "FILTERS",
     "FLAGS",
     "NO_TISSUE",
+    "RECIPES",
     "PatchDataset",
+    "Targets",
     "export_patches",
     "is_patch_store",
     "load_split",
     "read_patch_attrs",
     "split_slides",
+    "targets",
 ]
