@@ -62,6 +62,8 @@ from ._dataset import PatchDataset
 from ._export import export_patches
 from ._image import FILTERS
 from ._patchstore import EDGE, FLAGS, NO_TISSUE, is_patch_store, read_patch_attrs
+from ._predict import ExpressionResult, fold_splits, predict_expression
+from ._probe import linear_probe
 from ._split import load_split, split_slides
 from ._targets import RECIPES, Targets, targets
 
@@ -71,11 +73,15 @@ __all__ = [
     "FLAGS",
     "NO_TISSUE",
     "RECIPES",
+    "ExpressionResult",
     "PatchDataset",
     "Targets",
     "export_patches",
+    "fold_splits",
     "is_patch_store",
+    "linear_probe",
     "load_split",
+    "predict_expression",
     "read_patch_attrs",
     "split_slides",
     "targets",
