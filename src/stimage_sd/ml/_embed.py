@@ -238,7 +238,7 @@ def read_embeddings(store: str | Path, key: str) -> pd.DataFrame:
     rec = dict(arr.attrs.asdict().get(EMB_ATTRS, {}))
     if int(rec.get("n_done", 0)) < n:
         raise StimageError(f"{path}: embeddings {key!r} are incomplete ({rec.get('n_done', 0)} of {n}); run embed again")
-    ids = g["obs/spot_id"][:n].astype(str)
+    ids = np.asarray(g["obs/spot_id"][:n], dtype=object)
     codes = g["obs/slide"][:n]
     slides = np.asarray([r["slide"] for r in attrs.get("slides", [])], dtype=object)
     index = pd.MultiIndex.from_arrays([slides[codes] if n else np.array([], dtype=object), ids], names=["slide", "spot_id"])
