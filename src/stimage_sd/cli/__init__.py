@@ -80,7 +80,7 @@ def _stderr_console():
 # register subcommands (each module adds its commands to ``app``)
 from . import _convert  # noqa: E402, F401
 
-for _mod in ("_catalog", "_analyze", "_patches", "_validate", "_view"):
+for _mod in ("_catalog", "_analyze", "_patches", "_benchmark", "_validate", "_view"):
     try:
         __import__(f"{__name__}.{_mod}")
     except ModuleNotFoundError as _e:  # pragma: no cover - module not written yet

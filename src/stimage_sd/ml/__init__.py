@@ -58,6 +58,7 @@ last. Opening a store cuts rows past the last record, so an interrupted export i
 resumed by running it again; slides already recorded are skipped.
 """
 
+from ._benchmark import benchmark, write_report
 from ._dataset import PatchDataset
 from ._embed import embed, embed_array, read_embeddings
 from ._encoders import BUILTIN, Encoder, color_histogram, encoder
@@ -80,6 +81,7 @@ __all__ = [
     "ExpressionResult",
     "PatchDataset",
     "Targets",
+    "benchmark",
     "color_histogram",
     "embed",
     "embed_array",
@@ -94,4 +96,5 @@ __all__ = [
     "read_patch_attrs",
     "split_slides",
     "targets",
+    "write_report",
 ]

@@ -39,6 +39,7 @@ __all__ = ["RECIPES", "Targets", "targets"]
 RECIPES: dict[str, str] = {
     "stimage-hvg128": "release: per-slide 128 Pearson-residual HVGs, normalize_total + log1p over them",
     "stimage-overlap-hvg100": "release: genes shared by a tissue's slides, normalize_total + log1p, 100 seurat HVGs",
+    "overlap-hvg": "the overlap recipe with n_top genes instead of 100 (the expression benchmark uses 50)",
     "hvg": "per-slide seurat HVGs (n_top, default 128), log1p of counts per 10,000 over all genes",
 }
 #: Number of genes of the fixed-size recipes.
@@ -256,14 +257,16 @@ def targets(
           "overlap-HVG" targets, used to fine-tune across the slides of a tissue
           (e.g. the human brain DLPFC slides). Values depend on which slides are grouped
           (the normalisation median is the group's).
+        - ``"overlap-hvg"``: the same with ``n_top`` genes instead of 100 (the
+          expression-prediction benchmark uses 50).
         - ``"hvg"``: each slide's ``n_top`` most variable genes (scanpy ``seurat`` flavour
           on log-normalised counts), ``log1p`` of counts per 10,000 over all genes.
         - a list of gene names: those genes, ``log1p`` of counts per 10,000 over all
           genes (NaN columns for genes a slide lacks).
     n_top
-        Genes per slide for ``"hvg"``.
+        Genes per slide for ``"hvg"``, per group for ``"overlap-hvg"``.
     groups
-        ``{slide id: group}`` for ``"stimage-overlap-hvg100"``.
+        ``{slide id: group}`` for the overlap recipes.
     dtype
         For the ``stimage-*`` recipes: the dtype pandas gave the release's count CSV,
         which decides scanpy's arithmetic. ``None``: ``"int64"`` for integral counts (a
@@ -311,7 +314,10 @@ def targets(
             slide, df = _stimage_hvg128(p, dtype)
             frames[slide] = df
         return Targets(recipe, frames)
-    if recipe == "stimage-overlap-hvg100":
+    if recipe in ("stimage-overlap-hvg100", "overlap-hvg"):
+        n_genes = 100 if recipe == "stimage-overlap-hvg100" else int(n_top)
+        if n_genes < 1:
+            raise StimageError("n_top must be at least 1")
         by_group: dict[str, list[Path]] = {}
         slide_group: dict[str, str] = {}
         for p, h in zip(paths, headers, strict=True):
@@ -325,9 +331,9 @@ def targets(
                 g = _group_of(store_attrs(p))
             by_group.setdefault(g, []).append(p)
             slide_group[h["slide"]] = g
-        for g, ps in track(list(by_group.items()), description="targets (stimage-overlap-hvg100)", progress=progress):
+        for g, ps in track(list(by_group.items()), description=f"targets ({recipe})", progress=progress):
             logger.info("overlap group %s: %d slide(s)", g, len(ps))
-            frames.update(_overlap_group(ps, dtype=dtype))
+            frames.update(_overlap_group(ps, n_top=n_genes, dtype=dtype))
         return Targets(recipe, {h["slide"]: frames[h["slide"]] for h in headers}, slide_group)
     # ours: per-slide seurat HVGs or a gene list, log1p per 10,000 over all genes
     panel = GenePanel.build("hvg" if recipe == "hvg" else list(recipe), paths, n_hvg=n_top)
