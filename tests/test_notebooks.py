@@ -14,11 +14,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-EXPECTED = ["01_quickstart", "02_dataset_scale", "03_visiumhd"]
+EXPECTED = ["01_quickstart", "02_dataset_scale", "03_visiumhd", "04_benchmark_encoders"]
 CELL_TIMEOUT = 300  # seconds per cell: a stuck cell fails instead of hanging CI
 
 
-def test_the_three_tutorials_exist():
+def test_the_four_tutorials_exist():
     assert [nb.stem for nb in NOTEBOOKS] == EXPECTED
 
 

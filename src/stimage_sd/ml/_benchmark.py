@@ -179,7 +179,7 @@ def benchmark(
     label = name or enc.name
     pstore = _patch_store(out, paths, mode=mode, px=px, size_um=size_um, progress=progress)
     key = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-    key = key + (f"_in{input_size}" if input_size else "")
+    key = key + (f"_in{input_size}" if input_size and enc.kind == "torch" else "")
     embed(pstore, enc, key=key, batch_size=batch_size, device=device, amp=amp, workers=workers, progress=progress)
     emb_all = read_embeddings(pstore, key)
     labels_all = PatchDataset(pstore).obs["label"].to_numpy(dtype=object)
