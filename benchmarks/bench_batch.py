@@ -1,4 +1,4 @@
-"""Benchmark of batch conversion (``stimage_sd.io.convert_many``) on dask.distributed.
+"""Benchmark of batch conversion (``stimage_sd.batch.convert_many``) on dask.distributed.
 
 Generates one release of N moderately sized Visium slides (``stimage_sd.datasets``) and, in
 one run, converts all of them three ways into fresh output folders:
@@ -119,7 +119,7 @@ _STEADY: dict[str, float] = {}
 
 
 def _many(name: str, root: Path, slides: list[str], out: Path, workers: int, threads: int) -> float:
-    from stimage_sd.io import convert_many
+    from stimage_sd.batch import convert_many
 
     t0 = time.perf_counter()
     results = convert_many(root, out, slides, workers=workers, threads_per_worker=threads, progress=False)

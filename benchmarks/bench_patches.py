@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
+    from stimage_sd.batch import convert_many
     from stimage_sd.datasets import make_release
-    from stimage_sd.io._batch import convert_many
     from stimage_sd.ml._source import highly_variable_genes  # noqa: F401  (import scanpy before timing)
 
     logging.getLogger("stimage_sd").setLevel(logging.ERROR)

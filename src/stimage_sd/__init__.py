@@ -4,7 +4,11 @@ Namespaces follow scverse conventions::
 
     import stimage_sd as ssd
 
-    ssd.io        # catalogue, download, readers, conversion to SpatialData Zarr stores
+    ssd.io        # release readers, conversion to SpatialData Zarr stores, store read/write/validate
+    ssd.hub       # the release's catalogue and downloads from the Hugging Face Hub
+    ssd.batch     # converting many slides (dask.distributed), run manifest
+    ssd.workflows # analyse stores: read, run tools, write back, report
+    ssd.errors    # exceptions (also at the top level: ssd.StimageError, ...)
     ssd.pp        # QC and normalisation
     ssd.tl        # spatial graph, domains, spatially variable genes
     ssd.pl        # figures
@@ -17,13 +21,22 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import PackageNotFoundError, version
 
+from .errors import FormatError, IncompleteStoreError, SlideNotFoundError, StimageError
+
 try:
     __version__ = version("stimage-sd")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-_SUBMODULES = ("io", "pp", "tl", "pl", "ml", "datasets")
-__all__ = ["__version__", *_SUBMODULES]
+_SUBMODULES = ("io", "pp", "tl", "pl", "ml", "datasets", "hub", "batch", "workflows", "errors")
+__all__ = [
+    "FormatError",
+    "IncompleteStoreError",
+    "SlideNotFoundError",
+    "StimageError",
+    "__version__",
+    *_SUBMODULES,
+]
 
 
 def __getattr__(name: str):

@@ -8,7 +8,7 @@ copy of the base release and returns what must happen (:class:`Expected`): the e
 :mod:`stimage_sd` error and the position its message names, or the repair (warning plus a
 record in ``uns["stimage"]``), or plain acceptance.
 
-``tests/test_corpus.py`` runs each case through the library (:func:`stimage_sd.io.convert_slide`)
+``tests/io/test_corpus.py`` runs each case through the library (:func:`stimage_sd.io.convert_slide`)
 and the command line (``stimage-sd convert``). ``docs/robustness.md`` lists the corpus;
 :func:`corpus_table` prints that table from this registry.
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from stimage_sd._errors import FormatError, SlideNotFoundError, StimageError
+from stimage_sd.errors import FormatError, SlideNotFoundError, StimageError
 
 __all__ = ["CASES", "Base", "Case", "Expected", "case", "corpus_table", "make_base"]
 

@@ -88,12 +88,12 @@ def convert(
     OUT/manifest.json as it happens. A slide that fails is reported and the run goes on;
     the exit status is 1 if any slide failed (--retry-failed then redoes just those).
     """
-    from ..io._batch import convert_many, select_slides
+    from ..batch import convert_many, select_slides
 
     ids = select_slides(root, filters.slide_ids() if filters else (slide or None), tech or None)
     if filters is not None and set(filters.catalogue_kwargs()) - {"tech"}:
         # catalogue filters (--species, --annotated, ...): need ROOT's metadata table
-        from ..io._catalog import Catalog
+        from ..hub import Catalog
 
         keep = set(filters.apply(Catalog.from_root(root)).slides)
         ids = [s for s in ids if s in keep]
@@ -116,7 +116,7 @@ def _print_batch_summary(results, out: Path, seconds: float, *, retry_failed: bo
 
     from rich.console import Console
 
-    from ..io._batch import MANIFEST_NAME
+    from ..batch import MANIFEST_NAME
 
     quiet = logging.getLogger("stimage_sd").getEffectiveLevel() > logging.INFO  # --quiet
     console = Console()
@@ -146,7 +146,7 @@ def demo(
     from rich.console import Console
 
     from .. import datasets
-    from ..io._batch import convert_many
+    from ..batch import convert_many
 
     console = Console()
     release = datasets.sample(out / "release", overwrite=overwrite)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 from ..io._layout import SlideFiles
 from ._generator import METADATA_FILENAME, make_release, slide_truth
 from ._spec import SlideSpec, SlideTruth

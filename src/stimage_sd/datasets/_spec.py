@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .._constants import GEOMETRY, TECHS
-from .._errors import StimageError
+from ..errors import StimageError
 from ..io._layout import SlideFiles, validate_slide_id
 
 __all__ = ["DEFAULT_GRID", "DEFAULT_UM_PER_PX", "SlideSpec", "SlideTruth"]

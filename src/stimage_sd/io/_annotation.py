@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._errors import FormatError
 from .._logging import logger
+from ..errors import FormatError
 
 __all__ = ["UNLABELED", "read_annotation"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from pathlib import Path
@@ -24,8 +23,9 @@ from .._constants import (
     TABLE_KEY,
     UNS_KEY,
 )
-from .._errors import FormatError
 from .._logging import logger
+from .._utils import sha256_file
+from ..errors import FormatError
 from ._annotation import read_annotation
 from ._coords import read_coords
 from ._counts import read_counts
@@ -44,11 +44,6 @@ _MAX_IDS_RECORDED = 1000
 #: of it, the opposite.
 _SCALE_MISMATCH = 1.5
 _SCALE_MISMATCH_LOW = 1 / 3
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _metadata_row(root: Path, slide: str) -> dict[str, Any]:
@@ -468,7 +463,7 @@ def read_slide(
     for part, p in {**files.required(), **({"annotation": files.annotation} if files.annotation else {})}.items():
         entry: dict[str, Any] = {"file": str(p.relative_to(root)), "size": p.stat().st_size}
         if checksums:  # the count file's was computed while it was parsed
-            entry["sha256"] = counts.sha256 if part == "counts" and counts.sha256 else _sha256(p)
+            entry["sha256"] = counts.sha256 if part == "counts" and counts.sha256 else sha256_file(p)
         provenance[part] = entry
     return build_sdata(
         slide=slide,

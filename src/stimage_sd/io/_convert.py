@@ -8,7 +8,8 @@ from typing import Any
 from .._logging import logger
 from ._build import read_slide
 from ._layout import validate_slide_id
-from ._store import cleanup_partial, is_complete, journaled_siblings, write
+from ._store import write
+from ._transaction import cleanup_partial, is_complete, journaled_siblings, recover_store
 
 __all__ = ["convert_slide", "store_path"]
 
@@ -41,11 +42,9 @@ def finish_table_swap(dest: Path) -> None:
     """Finish a table swap that an interrupted ``stimage-sd analyze`` left in ``dest``.
 
     Such a store is incomplete only until the journaled swap is rolled forward or back
-    (:func:`stimage_sd.tl.recover_store`); reconverting it would throw the analysis away.
+    (:func:`stimage_sd.io.recover_store`); reconverting it would throw the analysis away.
     """
     if journaled_siblings(dest):
-        from ..tl._writeback import recover_store
-
         recover_store(dest)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._errors import FormatError
 from .._logging import logger
+from ..errors import FormatError
 
 __all__ = ["read_coords", "utf8_error"]
 

@@ -26,8 +26,9 @@ from typing import BinaryIO
 import numpy as np
 import scipy.sparse as sp
 
-from .._errors import FormatError
 from .._logging import logger, progress_bar
+from .._utils import cpu_count
+from ..errors import FormatError
 
 #: Control characters (other than the newline separating ids) are refused in spot ids.
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
@@ -128,8 +129,7 @@ def read_counts(
     if chunk_bytes < 1 or (workers is not None and workers < 1):
         raise ValueError("chunk_bytes and workers must be positive")
     if workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        workers = max(1, min(_MAX_WORKERS, cores or 1))
+        workers = max(1, min(_MAX_WORKERS, cpu_count()))
     keep = None if spots is None else {str(s) for s in spots}
     with _Source(source, checksum=checksum) as src:
         genes, first_line, carry, eof = _read_header(src)

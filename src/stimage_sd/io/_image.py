@@ -28,8 +28,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .._errors import FormatError
 from .._logging import logger
+from ..errors import FormatError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "read_image", "sniff_image_format", "to_rgb8"]
 
@@ -253,7 +253,7 @@ def _wrap(view: _RGBView, path: Path, chunks: int, row_block: int | None = None)
 # --------------------------------------------------------------------------------------
 # PNG / JPEG (and TIFFs that tifffile cannot read lazily): one decode with PIL
 @contextlib.contextmanager
-def _pil_limit(max_pixels: int | None):
+def pil_limit(max_pixels: int | None):
     from PIL import Image
 
     old = Image.MAX_IMAGE_PIXELS
@@ -267,7 +267,7 @@ def _pil_limit(max_pixels: int | None):
 def _decode_pil(path: Path, max_pixels: int | None) -> np.ndarray:
     from PIL import Image
 
-    with _pil_limit(max_pixels), warnings.catch_warnings():
+    with pil_limit(max_pixels), warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(path) as im:

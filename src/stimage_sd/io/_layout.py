@@ -8,49 +8,61 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._constants import TECHS
-from .._errors import SlideNotFoundError, StimageError
+from ..errors import SlideNotFoundError, StimageError
+from ._ids import validate_slide_id
+from ._metadata import read_metadata
 
-__all__ = ["SlideFiles", "find_metadata", "find_slide", "list_slides", "validate_slide_id"]
+__all__ = [
+    "PARTS",
+    "RELEASE_LAYOUT",
+    "SlideFiles",
+    "find_metadata",
+    "find_slide",
+    "list_slides",
+    "release_path",
+    "validate_slide_id",
+]
 
-_BAD_ID = re.compile(r"[/\\\x00-\x1f]")
+#: The release layout: where each part of a slide lives, relative to the dataset root (and
+#: in the Hugging Face repository). The one table that local paths and hub paths follow.
+RELEASE_LAYOUT: dict[str, str] = {
+    "image": "{tech}/image/{slide}.png",
+    "coord": "{tech}/coord/{slide}_coord.csv",
+    "counts": "{tech}/gene_exp/{slide}_count.csv",
+    "annotation": "annotation/{slide}_anno.csv",
+}
+#: The parts of a slide, in the order they are listed.
+PARTS = tuple(RELEASE_LAYOUT)
 
 
-def validate_slide_id(slide: str) -> str:
-    """Check that a slide id is safe to use as a file-name component.
-
-    Real ids contain ``+``, ``.`` and ``-`` and are kept verbatim; ids with path
-    separators, control characters (NUL included) or made only of dots are rejected, so
-    that no id read from metadata or the hub can address a file outside its folder.
+def release_path(slide: str, tech: str, part: str) -> str:
+    """Path of one part of a slide inside the release (``/``-separated, relative to the root).
 
     Parameters
     ----------
     slide
-        The slide id to check.
+        Slide id, verbatim (checked with :func:`validate_slide_id`).
+    tech
+        ``"ST"``, ``"Visium"`` or ``"VisiumHD"``.
+    part
+        ``"image"``, ``"coord"``, ``"counts"`` or ``"annotation"``.
 
     Returns
     -------
-    ``slide``, unchanged.
-
-    Raises
-    ------
-    StimageError
-        If the id is unsafe.
+    The relative path, e.g. ``"Visium/coord/<slide>_coord.csv"``.
 
     Examples
     --------
-    >>> import stimage_sd as ssd
-    >>> ssd.io.validate_slide_id("Mouse_Brain+Lung_Synth_01012025_Visium_2.5mm")
-    'Mouse_Brain+Lung_Synth_01012025_Visium_2.5mm'
-    >>> ssd.io.validate_slide_id("../etc/passwd")  # raises StimageError  # doctest: +SKIP
+    >>> from stimage_sd.io._layout import release_path
+    >>> release_path("GSE000001_GSM0000001", "Visium", "counts")
+    'Visium/gene_exp/GSE000001_GSM0000001_count.csv'
     """
-    if not isinstance(slide, str) or not slide:
-        raise StimageError(f"invalid slide id {slide!r}: empty")
-    if _BAD_ID.search(slide) or set(slide) == {"."}:
-        raise StimageError(
-            f"invalid slide id {slide!r}: contains a path separator or control character, "
-            "or is made only of dots"
-        )
-    return slide
+    validate_slide_id(slide)
+    try:
+        pattern = RELEASE_LAYOUT[part]
+    except KeyError:
+        raise StimageError(f"unknown part {part!r} (expected one of {', '.join(PARTS)})") from None
+    return pattern.format(tech=tech, slide=slide)
 
 
 @dataclass(frozen=True)
@@ -94,16 +106,9 @@ class SlideFiles:
         """Paths a slide would have, whether or not they exist."""
         validate_slide_id(slide)
         root = Path(root)
-        anno = root / "annotation" / f"{slide}_anno.csv"
-        return cls(
-            slide=slide,
-            tech=tech,
-            root=root,
-            image=root / tech / "image" / f"{slide}.png",
-            coord=root / tech / "coord" / f"{slide}_coord.csv",
-            counts=root / tech / "gene_exp" / f"{slide}_count.csv",
-            annotation=anno if anno.is_file() else None,
-        )
+        paths = {part: root / release_path(slide, tech, part) for part in PARTS}
+        anno = paths.pop("annotation")
+        return cls(slide=slide, tech=tech, root=root, **paths, annotation=anno if anno.is_file() else None)
 
     def required(self) -> dict[str, Path]:
         """The three files every slide must have, by part name."""
@@ -230,8 +235,6 @@ def find_slide(root: str | Path, slide: str, tech: str | None = None) -> SlideFi
     if tech is None:
         meta = find_metadata(root)
         if meta is not None:
-            from ._metadata import read_metadata
-
             table = read_metadata(meta)
             if slide in table.index:
                 tech = str(table.at[slide, "tech"])

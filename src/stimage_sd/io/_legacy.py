@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .._constants import IMAGE_KEY, PIXEL_CS, SHAPES_KEY, TABLE_KEY, UNS_KEY
-from .._errors import StimageError
+from ..errors import StimageError
 
 __all__ = ["to_legacy_anndata"]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._errors import FormatError, StimageError
+from ..errors import FormatError, StimageError
 from ._coords import utf8_error
-from ._layout import validate_slide_id
+from ._ids import validate_slide_id
 
 __all__ = ["METADATA_COLUMNS", "read_metadata"]
 

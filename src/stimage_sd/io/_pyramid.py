@@ -27,7 +27,6 @@ as the same multiscale image.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -166,7 +165,8 @@ def multiscale_image(
     from spatialdata.models import Image2DModel
     from spatialdata.models.pyramids_utils import dask_arrays_to_datatree
     from spatialdata.transformations import Identity, set_transformation
-    from spatialdata.transformations._utils import compute_coordinates
+
+    from .._compat import compute_coordinates
 
     _codecs(compression)  # validate early
     _check_chunk(chunk)
@@ -277,12 +277,17 @@ def write_multiscale_image(
         Show a progress bar (``None``: the global setting).
     """
     import zarr
-    from ome_zarr.writer import _get_valid_axes, write_multiscales_metadata
-    from spatialdata._io._utils import overwrite_coordinate_transformations_raster
-    from spatialdata._io.format import CurrentRasterFormat, get_ome_zarr_format
-    from spatialdata.models._utils import get_channel_names
+    from ome_zarr.writer import write_multiscales_metadata
     from spatialdata.transformations import get_transformation
     from xarray import DataTree
+
+    from .._compat import (
+        get_channel_names,
+        get_ome_zarr_format,
+        get_valid_axes,
+        overwrite_coordinate_transformations_raster,
+        raster_format,
+    )
 
     info = image.attrs.get(PYRAMID_ATTR, {}) if isinstance(image, DataTree) else {}
     chunk = int(chunk or info.get("chunk", DEFAULT_CHUNK))
@@ -304,7 +309,7 @@ def write_multiscale_image(
         data = da.from_array(np.asarray(data))
     c = data.shape[0]
 
-    raster_fmt = CurrentRasterFormat()
+    raster_fmt = raster_format()
     ome_fmt = get_ome_zarr_format(raster_fmt)
     root = zarr.open_group(str(store), mode="r+", use_consolidated=False)
     group = root.require_group("images").create_group(name, overwrite=True)
@@ -344,7 +349,7 @@ def write_multiscale_image(
         {"path": f"s{k}", "coordinateTransformations": ct}
         for k, ct in enumerate(ome_fmt.generate_coordinate_transformations(shapes))
     ]
-    axes = _get_valid_axes(axes=list(dims), fmt=raster_fmt)
+    axes = get_valid_axes(axes=list(dims), fmt=raster_fmt)
     write_multiscales_metadata(
         group, datasets, ome_fmt, axes, None, metadata={"omero": {"channels": [{"label": ch} for ch in channels]}}
     )
@@ -355,12 +360,3 @@ def write_multiscale_image(
     attrs = dict(group.attrs.get("spatialdata_attrs", {}))
     attrs["version"] = raster_fmt.spatialdata_format_version
     group.attrs["spatialdata_attrs"] = attrs
-
-
-def consolidate(store: str | Path) -> None:
-    """Rewrite the consolidated metadata of a Zarr store (after elements were added)."""
-    import zarr
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=zarr.errors.ZarrUserWarning)
-        zarr.consolidate_metadata(str(store))

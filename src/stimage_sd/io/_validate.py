@@ -27,8 +27,8 @@ from .._constants import (
     TABLE_KEY,
     UNS_KEY,
 )
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 
 __all__ = ["Problem", "ValidationReport", "validate"]
 
@@ -77,7 +77,7 @@ class ValidationReport:
         Names of the checks that were run.
     """
 
-    path: Path
+    path: Path | str
     source: Path | None = None
     slide: str | None = None
     problems: list[Problem] = field(default_factory=list)
@@ -128,6 +128,7 @@ def validate(
     *,
     checksums: bool = True,
     progress: bool | None = None,
+    storage_options: dict | None = None,
 ) -> ValidationReport:
     """Check a converted slide against the data contract and, optionally, its release files.
 
@@ -162,7 +163,9 @@ def validate(
     Parameters
     ----------
     path
-        A ``.zarr`` store written by :func:`~stimage_sd.io.convert_slide`.
+        A ``.zarr`` store written by :func:`~stimage_sd.io.convert_slide`, or its fsspec URL
+        (``hf://``, ``s3://``, ``https://``; the store checks read metadata, table, shapes and
+        the smallest image level only).
     source
         Dataset root in the release layout, to compare with.
     checksums
@@ -170,33 +173,45 @@ def validate(
         compared).
     progress
         Progress bar while streaming the count file (``None``: the global setting).
+    storage_options
+        fsspec options for a URL (see :func:`stimage_sd.io.read`).
 
     Returns
     -------
     A :class:`ValidationReport`; ``report.ok`` tells whether the store is valid.
     """
-    path = Path(path)
+    from ._remote import is_url, read_remote, remote_attrs
+    from ._transaction import MARKER, store_attrs
+
+    remote = is_url(path)
+    if not remote:
+        path = Path(path)
     report = ValidationReport(path=path, source=None if source is None else Path(source))
-    if not path.is_dir():
+    if remote:
+        try:
+            attrs = remote_attrs(str(path), storage_options=storage_options)
+        except StimageError as e:
+            report.add("store", str(e))
+            return report
+    elif not path.is_dir():
         report.add("store", "no such store (not a folder)")
         return report
-    from ._store import MARKER, store_attrs
-
-    attrs = store_attrs(path)
+    else:
+        attrs = store_attrs(path)
     report.checks.append("marker")
     if not attrs:
         report.add("marker", "not a stimage_sd store: no attrs['stimage'] on the root group")
     elif attrs.get(MARKER) is not True:
         if attrs.get("pending_table"):
             report.add("marker", "completion marker missing: an interrupted table replacement (stimage-sd analyze); "
-                       "run the analysis again or stimage_sd.tl.recover_store to repair it")
+                       "run the analysis again or stimage_sd.io.recover_store to repair it")
         else:
             report.add("marker", "completion marker missing: an interrupted or foreign write; convert the slide again")
 
     import spatialdata as sd
 
     try:
-        sdata = sd.read_zarr(path)
+        sdata = read_remote(str(path), check=False, storage_options=storage_options) if remote else sd.read_zarr(path)
     except Exception as e:
         report.add("store", f"spatialdata cannot read it: {type(e).__name__}: {e}")
         return report
@@ -489,9 +504,9 @@ def _check_source(
         if "size" in rec and int(rec["size"]) != size:
             report.add("source", f"{p}: {size} bytes, but the store was converted from {rec['size']} bytes")
         elif checksums and rec.get("sha256"):
-            from ._build import _sha256
+            from .._utils import sha256_file
 
-            if _sha256(p) != rec["sha256"]:
+            if sha256_file(p) != rec["sha256"]:
                 report.add("source", f"{p}: SHA-256 differs from the file the store was converted from")
 
     coords = read_coords(files.coord)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 
 __all__ = ["TASKS", "benchmark", "write_report"]
 

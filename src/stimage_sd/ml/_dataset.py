@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._errors import StimageError
+from ..errors import StimageError
 from ._image import cut_patches, tissue_fraction
 from ._patchstore import EDGE, FLAGS, NO_TISSUE, OBS_COLUMNS, is_patch_store, read_patch_attrs
 from ._source import GenePanel, SlideSource, make_geometry, resolve_stores, slide_header
@@ -48,8 +48,8 @@ class PatchDataset:
         them, a list, or a ``{slide: path}`` dict).
     split, splits
         Keep only the slides of split ``split`` (e.g. ``"train"``) of ``splits``: a split
-        from :meth:`stimage_sd.io.Catalog.split` or a file from
-        :meth:`~stimage_sd.io.Catalog.write_split`.
+        from :meth:`stimage_sd.hub.Catalog.split` or a file from
+        :meth:`~stimage_sd.hub.Catalog.write_split`.
     slides
         Keep only these slide ids (combined with ``split``).
     exclude

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._errors import StimageError
 from .._logging import logger, progress_bar
+from ..errors import StimageError
 from ._encoders import Encoder, encoder
 from ._patchstore import is_patch_store, read_patch_attrs
 
@@ -246,8 +246,7 @@ def read_embeddings(store: str | Path, key: str) -> pd.DataFrame:
 
 
 def _slides_embed(paths: list[Path], e: Encoder, key: str, *, batch_size: int, device: str, amp: bool, overwrite: bool, progress: bool | None, options: dict[str, Any]) -> list[Path]:
-    from ..io import read
-    from ..tl import replace_table
+    from ..io import read, replace_table
     from ._dataset import PatchDataset
 
     obsm_key = f"X_{key}"

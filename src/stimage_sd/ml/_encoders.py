@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import StimageError
+from ..errors import StimageError
 
 __all__ = ["BUILTIN", "Encoder", "color_histogram", "encoder"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections import deque
@@ -13,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._errors import StimageError
 from .._logging import logger, progress_bar
+from .._utils import cpu_count
+from ..errors import StimageError
 from ._image import FILTERS, PatchGeometry, cut_patches, tissue_fraction
 from ._patchstore import (
     EDGE,
@@ -232,7 +232,7 @@ def export_patches(
     todo = [(p, h) for p, h in zip(paths, headers, strict=True) if h["slide"] not in writer.done]
     if len(todo) < len(paths):
         logger.info("%s: %d slide(s) already exported; skipped", out.name, len(paths) - len(todo))
-    n_workers = workers or max(1, min(4, os.cpu_count() or 1))
+    n_workers = workers or max(1, min(4, cpu_count()))
     total = sum(h["n_spots"] for _, h in todo)
     with progress_bar(f"patches → {out.name}", total=total, progress=progress) as advance:
         with ThreadPoolExecutor(n_workers) as pool:

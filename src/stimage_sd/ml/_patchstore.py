@@ -8,9 +8,6 @@ open, rows past the last recorded slide (an interrupted append) are cut off.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .._errors import StimageError
 from .._logging import logger
+from .._utils import cpu_count
+from ..errors import StimageError
+from ..io._transaction import atomic_path
 from ._shards import shard_writer
 
 __all__ = [
@@ -229,11 +228,9 @@ class PatchWriter:
         path = Path(path)
         if path.exists():
             raise StimageError(f"{path} already exists")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         codec = check_compression(compression)
         comp = {"compressors": codec} if codec is not None else {"compressors": None}
-        try:
+        with atomic_path(path) as tmp:
             g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             g.create_array(
                 "patches",
@@ -273,10 +270,6 @@ class PatchWriter:
                 "n": 0,
                 "slides": [],
             }
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return cls(path)
 
     # ------------------------------------------------------------------ state
@@ -340,7 +333,7 @@ class PatchWriter:
         s, e = self._end, self._end + k
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        with ThreadPoolExecutor(max(1, min(4, cpu_count()))) as pool:
             _put(self.patches, self._fast[0], s, e, p[:k], pool)
             _put(self.targets, self._fast[1], s, e, t[:k], pool)
         self._end = e

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._errors import StimageError
+from ..errors import StimageError
 
 __all__ = ["ExpressionResult", "fold_splits", "predict_expression"]
 
@@ -90,7 +90,7 @@ def fold_splits(
     >>> ssd.ml.fold_splits(["GSE1_GSM1", "GSE1_GSM2", "GSE2_GSM3"], folds=2)
     {'fold0': ['GSE1_GSM1', 'GSE1_GSM2'], 'fold1': ['GSE2_GSM3']}
     """
-    from ..io import Catalog
+    from ..hub import Catalog
 
     ids = list(dict.fromkeys(str(s) for s in slides))
     table = pd.DataFrame({"spot_num": np.ones(len(ids), dtype=np.int64)}, index=pd.Index(ids, name="slide"))

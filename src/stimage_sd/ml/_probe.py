@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._errors import StimageError
+from ..errors import StimageError
 
 __all__ = ["ALPHAS", "DROP_LABELS", "linear_probe"]
 

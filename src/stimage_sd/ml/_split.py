@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._errors import FormatError, StimageError
+from ..errors import FormatError, StimageError
 
 __all__ = ["load_split", "split_slides"]
 
@@ -19,8 +19,8 @@ def load_split(splits: Mapping[str, Sequence[str]] | str | Path) -> dict[str, li
     Parameters
     ----------
     splits
-        A split from :meth:`stimage_sd.io.Catalog.split`, or a file written by
-        :meth:`stimage_sd.io.Catalog.write_split`: JSON (``{"splits": {name: [ids]}}`` or
+        A split from :meth:`stimage_sd.hub.Catalog.split`, or a file written by
+        :meth:`stimage_sd.hub.Catalog.write_split`: JSON (``{"splits": {name: [ids]}}`` or
         ``{name: [ids]}``) or CSV/TSV with columns ``slide`` and ``split``.
 
     Raises
@@ -70,8 +70,8 @@ def split_slides(split: str, splits: Mapping[str, Sequence[str]] | str | Path) -
         Split name, e.g. ``"train"``, ``"val"`` or ``"test"``.
     splits
         A mapping of split name to slide ids (as returned by
-        :meth:`stimage_sd.io.Catalog.split`) or a split file written by
-        :meth:`stimage_sd.io.Catalog.write_split` (JSON, CSV or TSV).
+        :meth:`stimage_sd.hub.Catalog.split`) or a split file written by
+        :meth:`stimage_sd.hub.Catalog.write_split` (JSON, CSV or TSV).
 
     Returns
     -------

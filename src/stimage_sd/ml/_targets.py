@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from .._constants import TABLE_KEY, UNS_KEY
-from .._errors import StimageError
 from .._logging import logger
+from ..errors import StimageError
 
 __all__ = ["RECIPES", "Targets", "targets"]
 
@@ -326,7 +326,7 @@ def targets(
                     raise StimageError(f"{p}: slide {h['slide']!r} has no group in groups=")
                 g = str(groups[h["slide"]])
             else:
-                from ..io._store import store_attrs
+                from ..io._transaction import store_attrs
 
                 g = _group_of(store_attrs(p))
             by_group.setdefault(g, []).append(p)

@@ -1,21 +1,30 @@
-"""Tools: spatial graph, spatial domains, spatially variable genes, the per-slide pipeline."""
+"""Tools: spatial graph, spatial domains, spatially variable genes, the per-slide pipeline.
 
+Tools work on data in memory and do no I/O; :mod:`stimage_sd.workflows` runs them on stores.
+"""
+
+from .._deprecation import moved_names
 from ._domains import domains
 from ._graph import detect_lattice, spatial_graph
-from ._pipeline import analyze_store, run_pipeline
+from ._pipeline import run_pipeline
 from ._score import score_domains
 from ._svg import svg, top_svg
-from ._writeback import recover_store, replace_table
 
 __all__: list[str] = [
-    "analyze_store",
     "detect_lattice",
     "domains",
-    "recover_store",
-    "replace_table",
     "run_pipeline",
     "score_domains",
     "spatial_graph",
     "svg",
     "top_svg",
 ]
+
+__getattr__ = moved_names(
+    __name__,
+    {
+        "analyze_store": "stimage_sd.workflows:analyze_store",
+        "recover_store": "stimage_sd.io:recover_store",
+        "replace_table": "stimage_sd.io:replace_table",
+    },
+)

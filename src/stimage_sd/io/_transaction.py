@@ -1,0 +1,468 @@
+"""The store transaction protocol: how a converted slide is written and changed safely.
+
+Everything that writes a store, or a file next to one, goes through this module, so that a
+reader never mistakes a half-written result for a complete one, and an interrupted write
+is either finished, undone or cleaned up by the next run.
+
+Sibling naming
+    A store ``S = <out>/<slide>.zarr`` is written into a temporary sibling
+    ``.<slide>.zarr.tmp-<id>`` and renamed into place; a replaced store is first renamed to
+    ``.<slide>.zarr.trash-<id>``. A table swap uses ``.<slide>.zarr.tmp-table-<id>`` and
+    ``.<slide>.zarr.trash-table-<id>``. Plain files (manifests, listings, summaries) are
+    written to ``.<name>.tmp-<id>`` and renamed (:func:`atomic_write`).
+Completion marker
+    ``attrs["stimage"]["complete"]`` in the store's root group, set last
+    (:func:`set_marker`); :func:`is_complete` is the only test of a finished store.
+Journaled table swap
+    :func:`replace_table` / :func:`recover_store` (below).
+Consolidation
+    Zarr metadata are re-consolidated after elements are added or swapped
+    (:func:`consolidate`).
+Clean-up
+    :func:`cleanup_partial` removes the siblings of interrupted writes, except those that
+    an unfinished table swap still needs (:func:`journaled_siblings`).
+
+Table swap
+----------
+Only the table changes after analysis, and images can be gigabytes, so the store is not
+rewritten: the table element is replaced by a swap of directories, journaled in the
+store's completion marker, so that a crash at any point (including SIGKILL) leaves the
+store either complete and correct (old or new table) or detectably incomplete and
+repairable by :func:`recover_store`.
+
+Protocol for ``S = <slide>.zarr`` and its element ``S/tables/table``:
+
+1. Write the new table as a complete SpatialData store in a temporary sibling
+   ``.<slide>.zarr.tmp-table-<id>`` (its element ``tables/table``). A crash here leaves
+   ``S`` untouched (still complete, old table); the sibling is garbage.
+2. Journal: in ``S``'s root attributes, set ``stimage.complete = False`` and record
+   ``stimage.pending_table = {table, tmp, trash}`` (one atomic rewrite of ``zarr.json``;
+   zarr writes it to a temporary file and renames it).
+3. Rename ``S/tables/table`` to the sibling ``.<slide>.zarr.trash-table-<id>``, then the
+   new element into ``S/tables/table`` (two atomic renames on one file system).
+4. Re-consolidate ``S``'s Zarr metadata (atomic rewrite of ``zarr.json``), then set
+   ``complete = True`` and drop the journal (atomic rewrite), then delete the trash.
+
+Between 2 and 4 the store has no completion marker, so :func:`stimage_sd.io.read`
+refuses it and :func:`stimage_sd.io.is_complete` is false. :func:`recover_store` then
+finishes the swap from the journal: if ``tables/table`` is missing it moves the new
+table in (it was complete before the journal was written) or, failing that, the old one
+back; then it re-consolidates and restores the marker. ``stimage-sd analyze`` calls it
+on every store before reading. Interrupted writes leave siblings named like those of
+:func:`stimage_sd.io.write` (``.<name>.tmp-*``, ``.<name>.trash-*``), which
+:func:`cleanup_partial` and :func:`recover_store` remove.
+
+One writer per store at a time is assumed (no lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .._constants import TABLE_KEY, UNS_KEY
+from .._logging import logger
+from ..errors import IncompleteStoreError, StimageError
+
+__all__ = [
+    "MARKER",
+    "PENDING_KEY",
+    "TMP_TAG",
+    "TRASH_TAG",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_json",
+    "cleanup_partial",
+    "consolidate",
+    "is_complete",
+    "journaled_siblings",
+    "recover_store",
+    "replace_table",
+    "set_marker",
+    "store_attrs",
+    "temp_sibling",
+]
+
+#: Key of the completion marker in ``attrs["stimage"]``.
+MARKER = "complete"
+#: Tags of temporary and trash siblings (``.<name>.tmp-<id>``, ``.<name>.trash-<id>``).
+TMP_TAG = ".tmp-"
+TRASH_TAG = ".trash-"
+
+
+def temp_sibling(path: str | Path, tag: str = TMP_TAG, kind: str = "") -> Path:
+    """A fresh, unique sibling name of ``path``: ``.<name><tag>[<kind>-]<id>``.
+
+    Parameters
+    ----------
+    path
+        The final path.
+    tag
+        :data:`TMP_TAG` or :data:`TRASH_TAG`.
+    kind
+        Optional infix (``"table"`` for a table swap).
+
+    Returns
+    -------
+    The sibling path (not created).
+
+    Examples
+    --------
+    >>> from stimage_sd.io._transaction import temp_sibling
+    >>> temp_sibling("out/a.zarr").name.startswith(".a.zarr.tmp-")
+    True
+    """
+    path = Path(path)
+    infix = f"{kind}-" if kind else ""
+    return path.with_name(f".{path.name}{tag}{infix}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` and rename it onto ``path`` if the block succeeds.
+
+    Works for a file or a folder written at the yielded path. An existing folder at
+    ``path`` is first renamed to a trash sibling (``.<name>.trash-<id>``; two renames on one
+    file system) and removed after the new one is in place. On an exception the temporary
+    is removed and ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path
+        The final path; its parent folder is created.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from stimage_sd.io._transaction import atomic_path
+    >>> with atomic_path("out/hello.txt") as tmp:
+    ...     _ = tmp.write_text("hello")
+    >>> Path("out/hello.txt").read_text()
+    'hello'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            trash = temp_sibling(path, TRASH_TAG)
+            os.replace(path, trash)
+            os.replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+
+
+def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False) -> Path:
+    """Write text or bytes to ``path`` atomically (temporary sibling, then rename).
+
+    Parameters
+    ----------
+    path
+        Destination file.
+    data
+        Text (written as UTF-8) or bytes.
+    fsync
+        Flush the file to disk before the rename (for journals that must survive a power cut).
+
+    Returns
+    -------
+    ``path``.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 1, fsync: bool = False) -> Path:
+    """Write ``obj`` as JSON (strict: no NaN) to ``path`` atomically; see :func:`atomic_write`."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False, default=str)
+    return atomic_write(path, text, fsync=fsync)
+
+
+def consolidate(store: str | Path) -> None:
+    """Rewrite the consolidated metadata of a Zarr store (after elements were added or swapped)."""
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=zarr.errors.ZarrUserWarning)
+        group = zarr.open_group(str(store), mode="r+", use_consolidated=False)
+        zarr.consolidate_metadata(group.store)
+
+
+def store_attrs(path: str | Path) -> dict[str, Any]:
+    """The ``stimage`` attributes of a store's root group (empty dict if none)."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:  # not a zarr group at all
+        return {}
+    attrs = group.attrs.asdict()
+    value = attrs.get(UNS_KEY, {})
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def is_complete(path: str | Path) -> bool:
+    """Whether ``path`` is a store whose completion marker is present.
+
+    Parameters
+    ----------
+    path
+        A ``.zarr`` store folder (it need not exist), or its fsspec URL (one metadata read).
+
+    Returns
+    -------
+    ``True`` when ``path`` is a folder whose ``attrs["stimage"]["complete"]`` is set
+    (written last by :func:`~stimage_sd.io.write`); ``False`` otherwise, for a missing
+    path or an interrupted write.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> store = ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores")
+    >>> ssd.io.is_complete(store)
+    True
+    """
+    from ._remote import is_url, remote_is_complete
+
+    if is_url(path):
+        return remote_is_complete(str(path))
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    return bool(store_attrs(path).get(MARKER, False))
+
+
+def set_marker(path: Path, value: bool) -> None:
+    """Set or clear the completion marker of the store at ``path`` (one atomic metadata write)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = group.attrs.asdict()
+    meta = dict(attrs.get(UNS_KEY, {}))
+    meta[MARKER] = value
+    meta["completed_at"] = datetime.now(UTC).isoformat(timespec="seconds") if value else None
+    group.attrs.update({UNS_KEY: meta})
+
+
+#: Journal of an unfinished table swap in ``attrs["stimage"]`` (see
+#: :func:`replace_table`): the sibling folders it names are not garbage.
+PENDING_KEY = "pending_table"
+
+
+def journaled_siblings(path: str | Path) -> set[str]:
+    """Names of the sibling folders that an unfinished table swap of ``path`` still needs."""
+    pending = store_attrs(path).get(PENDING_KEY) if Path(path).is_dir() else None
+    if not isinstance(pending, dict):
+        return set()
+    return {str(pending[k]) for k in ("tmp", "trash") if pending.get(k)}
+
+
+def cleanup_partial(path: str | Path) -> list[Path]:
+    """Remove temporary siblings left next to ``path`` by interrupted writes.
+
+    Siblings named in an unfinished table swap's journal are kept (they are needed to
+    recover the store). Returns the paths removed.
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    keep = journaled_siblings(path)
+    for tag in (TMP_TAG, TRASH_TAG):
+        for p in path.parent.glob(f".{path.name}{tag}*"):
+            if p.name in keep:
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    if removed:
+        logger.info("removed %d partial write(s) of %s", len(removed), path.name)
+    return removed
+
+
+def _remove_stale_table_siblings(path: Path, keep: frozenset[str] = frozenset()) -> None:
+    for tag in (TMP_TAG, TRASH_TAG):
+        for p in path.parent.glob(f".{path.name}{tag}table-*"):
+            if p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _update_root_attrs(path: Path, changes: dict[str, Any]) -> None:
+    """Update ``attrs["stimage"]`` of the store's root group (one atomic ``zarr.json`` write)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    meta = dict(group.attrs.asdict().get(UNS_KEY, {}))
+    for k, v in changes.items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v
+    group.attrs.update({UNS_KEY: meta})
+
+
+def _write_table_store(table: Any, dest: Path, table_key: str) -> None:
+    import spatialdata as sd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sd.SpatialData(tables={table_key: table}).write(dest, overwrite=False, consolidate_metadata=False)
+
+
+def recover_store(path: str | Path) -> str:
+    """Finish or undo an interrupted :func:`replace_table` on a store.
+
+    Parameters
+    ----------
+    path
+        A ``.zarr`` store.
+
+    Returns
+    -------
+    ``"ok"`` (nothing to do), ``"rolled_forward"`` (the new table is in place),
+    ``"rolled_back"`` (the previous table is back) or ``"finished"`` (the swap had
+    happened; marker restored).
+
+    Raises
+    ------
+    StimageError
+        If ``path`` is not a directory.
+    IncompleteStoreError
+        If the store is incomplete for another reason (an interrupted conversion), or
+        neither table can be found.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> store = ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores")
+    >>> ssd.io.recover_store(store)
+    'ok'
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise StimageError(f"{path}: no such store")
+    meta = store_attrs(path)
+    pending = meta.get(PENDING_KEY)
+    if not pending:
+        _remove_stale_table_siblings(path)
+        if meta.get(MARKER):
+            return "ok"
+        raise IncompleteStoreError(f"{path}: store has no completion marker (interrupted conversion?); convert again")
+    table_key = pending.get("table", TABLE_KEY)
+    element = path / "tables" / table_key
+    tmp = path.parent / pending["tmp"]
+    trash = path.parent / pending["trash"]
+    new = tmp / "tables" / table_key
+    outcome = "finished"
+    if not element.exists():
+        if new.is_dir():
+            os.replace(new, element)
+            outcome = "rolled_forward"
+        elif trash.is_dir():
+            os.replace(trash, element)
+            outcome = "rolled_back"
+        else:
+            raise IncompleteStoreError(f"{path}: table {table_key!r} is missing and cannot be recovered")
+    consolidate(path)
+    _update_root_attrs(path, {MARKER: True, PENDING_KEY: None})
+    shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale_table_siblings(path)
+    logger.warning("%s: interrupted table replacement repaired (%s)", path.name, outcome)
+    return outcome
+
+
+def replace_table(path: str | Path, table: Any, *, table_key: str = TABLE_KEY) -> Path:
+    """Replace the table element of a complete store, crash-safely.
+
+    See the module documentation for the protocol and its guarantees.
+
+    Parameters
+    ----------
+    path
+        A complete ``.zarr`` store (:func:`stimage_sd.io.convert_slide`).
+    table
+        The new :class:`anndata.AnnData` (a valid SpatialData ``TableModel``, as read from
+        the store and modified by :mod:`stimage_sd.pp` / :mod:`stimage_sd.tl`).
+    table_key
+        Name of the table element.
+
+    Returns
+    -------
+    ``path``.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> root = ssd.datasets.sample("stimage_sample")
+    >>> store = ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores")
+    >>> table = ssd.io.read(store)["table"]
+    >>> ssd.pp.qc(table)
+    >>> path = ssd.io.replace_table(store, table)
+    """
+    from .. import __version__
+
+    path = Path(path)
+    if store_attrs(path).get(PENDING_KEY):
+        recover_store(path)
+    if not is_complete(path):
+        raise IncompleteStoreError(f"{path}: store has no completion marker; refusing to modify it")
+    if not (path / "tables").is_dir():
+        raise StimageError(f"{path}: not a SpatialData store with tables")
+    _remove_stale_table_siblings(path)
+    tmp = temp_sibling(path, TMP_TAG, "table")
+    trash = temp_sibling(path, TRASH_TAG, "table")
+    element = path / "tables" / table_key
+    try:
+        _write_table_store(table, tmp, table_key)  # 1
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        journal = {"table": table_key, "tmp": tmp.name, "trash": trash.name}
+        _update_root_attrs(path, {MARKER: False, PENDING_KEY: journal})  # 2
+        if element.exists():  # 3
+            os.replace(element, trash)
+        os.replace(tmp / "tables" / table_key, element)
+        consolidate(path)  # 4
+        _update_root_attrs(
+            path,
+            {
+                MARKER: True,
+                PENDING_KEY: None,
+                "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "table_replaced_by": f"stimage_sd {__version__}",
+            },
+        )
+    except Exception:
+        # an ordinary error (disk full, ...): finish or undo now rather than leave it
+        if store_attrs(path).get(PENDING_KEY):
+            recover_store(path)
+        raise
+    finally:
+        if not store_attrs(path).get(PENDING_KEY):
+            shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
