@@ -112,6 +112,9 @@ def test_torch_module_embedding_equals_the_module_on_normalised_patches(pstore, 
     with torch.no_grad():
         ref = model((imgs - mean) / std).numpy()
     np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-6)
+    # the same through DataLoader worker processes reading the store
+    embed(store, model, key="tiny_w", batch_size=50, device="cpu", workers=1, progress=False)
+    np.testing.assert_allclose(read_embeddings(store, "tiny_w").to_numpy(), ref, rtol=1e-5, atol=1e-6)
     # mixed precision (bfloat16 on CPU) stays close
     amp = embed_array(_patches(store)[:64], model, amp=True)
     np.testing.assert_allclose(amp, ref[:64], atol=0.05)

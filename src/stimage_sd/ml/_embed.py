@@ -170,6 +170,8 @@ def _store_embed(path: Path, e: Encoder, key: str, *, batch_size: int, device: s
         return key
     blocks = _Blocks(path, done, n, batch_size)
     pin = device.startswith("cuda")
+    if e.kind != "torch":
+        workers = 0  # no torch for numpy encoders: the read-ahead thread
     pending: list[np.ndarray] = []
     n_pending = 0
     with progress_bar(f"embed {e.name}", total=n - done, progress=progress) as advance:
@@ -326,8 +328,9 @@ def embed(
     amp
         Mixed precision (``torch.autocast``: float16 on GPU, bfloat16 on CPU).
     workers
-        DataLoader worker processes reading the patch store (0: one background thread
-        reads ahead, usually enough: reading is much cheaper than the encoder).
+        DataLoader worker processes reading the patch store, for torch encoders (0: one
+        background thread reads ahead, usually enough: reading is much cheaper than the
+        encoder).
     pretrained
         Load pretrained weights for named models (downloaded by timm/open_clip).
     overwrite

@@ -70,6 +70,7 @@ class Targets(Mapping[str, pd.DataFrame]):
         self.recipe = recipe
         self._frames = dict(frames)
         self.groups = dict(groups or {})
+        self._arrays: dict[str, np.ndarray] = {}
 
     def __getitem__(self, slide: str) -> pd.DataFrame:
         try:
@@ -103,7 +104,9 @@ class Targets(Mapping[str, pd.DataFrame]):
         out = np.full((len(spot_ids), width), np.nan, dtype=np.float32)
         pos = f.index.get_indexer(pd.Index(np.asarray(spot_ids, dtype=object)))
         ok = pos >= 0
-        out[ok, : f.shape[1]] = f.to_numpy(dtype=np.float32)[pos[ok]]
+        if slide not in self._arrays:
+            self._arrays[slide] = f.to_numpy(dtype=np.float32)
+        out[ok, : f.shape[1]] = self._arrays[slide][pos[ok]]
         return out
 
 
