@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-EXPECTED = ["01_quickstart", "02_dataset_scale", "03_visiumhd", "05_cohort"]
+EXPECTED = ["01_quickstart", "02_dataset_scale", "03_visiumhd", "04_benchmark_encoders", "05_cohort"]
 CELL_TIMEOUT = 300  # seconds per cell: a stuck cell fails instead of hanging CI
 
 
