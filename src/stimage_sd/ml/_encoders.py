@@ -9,6 +9,7 @@ callables run on numpy alone.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -195,8 +196,10 @@ def _timm(name: str, pretrained: bool, seed: int = 0) -> Encoder:
 
 def _open_clip(spec: str, pretrained: bool, seed: int = 0) -> Encoder:
     try:
-        import open_clip
         import torch
+
+        # the distribution is open_clip_torch (declared in the ml extra); its import name differs
+        open_clip = importlib.import_module("open_clip")
     except ImportError as e:
         raise StimageError(f"encoder {spec!r} needs open_clip_torch: pip install open_clip_torch ({e})") from None
     name, _, tag = spec.partition(":")
