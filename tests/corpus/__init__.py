@@ -264,10 +264,10 @@ def counts_negative(b: Base) -> Expected:
     return _error(b.files.counts, *_loc(line, gene, spot), message="negative count")
 
 
-@case("counts", "value beyond float32 (`1e39`)", "`FormatError` out of range, names line, gene and spot")
+@case("counts", "value beyond float32 (`1e39`)", "`FormatError` out of range (cannot be stored exactly), names line, gene and spot")
 def counts_out_of_range(b: Base) -> Expected:
     line, spot, gene = _set_cell(b.files.counts, 4, 12, "1e39")
-    return _error(b.files.counts, *_loc(line, gene, spot), message="out of the float32 range")
+    return _error(b.files.counts, *_loc(line, gene, spot), message="out of range")
 
 
 @case("counts", "header with fewer fields than the rows", "`FormatError` too many values on line 2")
@@ -382,17 +382,122 @@ def counts_crlf(b: Base) -> Expected:
     return Expected("accepted", check=_same_as_pandas(p))
 
 
-def _same_as_pandas(p: Path) -> Callable[[Any], None]:
+def _same_as_pandas(p: Path, dtype: Any = None) -> Callable[[Any], None]:
+    """The store's counts equal pandas' correctly rounded reading of ``p`` (and have ``dtype``)."""
     import pandas as pd
 
-    ref = pd.read_csv(p, index_col=0, encoding="utf-8-sig")
+    ref = pd.read_csv(p, index_col=0, encoding="utf-8-sig", float_precision="round_trip")
 
     def check(sdata) -> None:
         t = sdata["table"]
         assert t.n_obs == len(ref) and t.n_vars == ref.shape[1]
+        if dtype is not None:
+            assert t.X.dtype == dtype, t.X.dtype
         np.testing.assert_array_equal(t.X.toarray(), ref.loc[t.obs_names].to_numpy())
 
     return check
+
+
+# ------------------------------------------------------------- counts: values stored exactly
+
+
+@case("counts", "a count beyond int32 (`2147483653`)", "accepted: stored as `int64`, exactly")
+def counts_beyond_int32(b: Base) -> Expected:
+    _set_cell(b.files.counts, 3, 5, "2147483653")
+    return Expected("accepted", check=_same_as_pandas(b.files.counts, np.int64))
+
+
+@case("counts", "`16777217` (not a float32) and `3.5` in one file", "accepted: stored as `float64`, exactly")
+def counts_float32_would_round(b: Base) -> Expected:
+    _set_cell(b.files.counts, 3, 5, "16777217")
+    _set_cell(b.files.counts, 4, 6, "3.5")
+    return Expected("accepted", check=_same_as_pandas(b.files.counts, np.float64))
+
+
+@case("counts", "non-integers that float32 holds (`3.5`, `0.25`)", "accepted: stored as `float32`, exactly")
+def counts_float32_exact(b: Base) -> Expected:
+    _set_cell(b.files.counts, 3, 5, "0.25")
+    _set_cell(b.files.counts, 4, 6, "3.5")
+    return Expected("accepted", check=_same_as_pandas(b.files.counts, np.float32))
+
+
+@case("counts", "an integer above 2**53 (`9007199254740993`)", "`FormatError` out of range (cannot be stored exactly), names line, gene and spot")
+def counts_beyond_2_53(b: Base) -> Expected:
+    line, spot, gene = _set_cell(b.files.counts, 2, 3, "9007199254740993")
+    return _error(b.files.counts, *_loc(line, gene, spot), message="cannot be stored exactly")
+
+
+@case("counts", "a value with 20 significant digits", "`FormatError` more than 17 significant digits, names line, gene and spot")
+def counts_too_many_digits(b: Base) -> Expected:
+    line, spot, gene = _set_cell(b.files.counts, 2, 3, "1.2345678901234567891")
+    return _error(b.files.counts, *_loc(line, gene, spot), message="more than 17 significant digits")
+
+
+# ------------------------------------------------ counts: what pandas, R and Excel write
+
+
+@case("counts", "blank lines at the end (`\\n\\n\\n`)", "accepted: counts identical")
+def counts_trailing_blank_lines(b: Base) -> Expected:
+    p = b.files.counts
+    p.write_bytes(p.read_bytes() + b"\n\n")
+    return Expected("accepted", check=_same_as_pandas(p))
+
+
+@case("counts", "CRLF line ends and a blank CRLF line at the end", "accepted: counts identical")
+def counts_crlf_trailing_blank(b: Base) -> Expected:
+    p = b.files.counts
+    p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n") + b"\r\n")
+    return Expected("accepted", check=_same_as_pandas(p))
+
+
+@case("counts", "last line without a newline", "accepted: counts identical")
+def counts_no_final_newline(b: Base) -> Expected:
+    p = b.files.counts
+    p.write_bytes(p.read_bytes().rstrip(b"\n"))
+    return Expected("accepted", check=_same_as_pandas(p))
+
+
+@case("counts", "spaces around the numbers (`1, 3.0 ,0`)", "accepted: counts identical (as pandas reads them)")
+def counts_spaces_around_numbers(b: Base) -> Expected:
+    p = b.files.counts
+    lines = _read_lines(p)
+    lines[1:] = [",".join([c[0]] + [f" {v} " for v in c[1:]]) + "\n" for c in map(_cells, lines[1:])]
+    _write_lines(p, lines)
+    return Expected("accepted", check=_same_as_pandas(p))
+
+
+@case("counts", "every header field quoted (R `write.csv`)", "accepted: gene names unquoted, counts identical")
+def counts_quoted_header(b: Base) -> Expected:
+    p = b.files.counts
+    lines = _read_lines(p)
+    lines[0] = ",".join(f'"{g}"' for g in _cells(lines[0])) + "\n"
+    _write_lines(p, lines)
+    return Expected("accepted", check=_same_as_pandas(p))
+
+
+@case("counts", "lone CR line ends (Excel for Mac 2011)", "`FormatError` names the lone carriage returns (not an unbalanced quote), line 1")
+def counts_lone_cr(b: Base) -> Expected:
+    p = b.files.counts
+    p.write_bytes(p.read_bytes().replace(b"\n", b"\r"))
+    return _error(p, "line 1", message="lone carriage return")
+
+
+@case("counts", "a trailing comma on every data row", "`FormatError` trailing delimiter, names line 2")
+def counts_trailing_delimiter(b: Base) -> Expected:
+    p = b.files.counts
+    lines = _read_lines(p)
+    lines[1:] = [line.rstrip("\n") + ",\n" for line in lines[1:]]
+    _write_lines(p, lines)
+    return _error(p, "line 2", message="trailing delimiter")
+
+
+@case("counts", "a trailing comma on every line, header included", "`FormatError` trailing delimiter (an unnamed empty last column), names line 2")
+def counts_trailing_delimiter_header(b: Base) -> Expected:
+    p = b.files.counts
+    lines = _read_lines(p)
+    lines[:] = [line.rstrip("\n") + ",\n" for line in lines]
+    _write_lines(p, lines)
+    return _error(p, "line 2", message="trailing delimiter")
 
 
 # --------------------------------------------------------------------------- coord <-> counts
