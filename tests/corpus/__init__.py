@@ -932,6 +932,131 @@ def annotation_empty(b: Base) -> Expected:
     return _error(b.files.annotation, "line 1", message="empty annotation file")
 
 
+# ------------------------------------------- text files as pandas, R and Excel write them
+#
+# Coordinate, metadata and annotation files are read through pandas; each dialect variant
+# must convert to exactly what pandas reads from the same file (labels and metadata text
+# without surrounding spaces), or be refused with a message naming the real problem.
+
+
+def _dialect(name: str):
+    def crlf_bom_quoted_blank(data: bytes) -> bytes:  # Excel "CSV UTF-8" on Windows
+        lines = data.decode("utf-8").split("\n")
+        head = next(csv.reader([lines[0]]))
+        lines[0] = ",".join('"' + h.replace('"', '""') + '"' for h in head)
+        return b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n\r\n"
+
+    def lone_cr(data: bytes) -> bytes:  # Excel for Mac 2011 "CSV (Macintosh)"
+        return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r")
+
+    def trailing_spaces(data: bytes) -> bytes:
+        return b"\n".join(line + b"  " if line else line for line in data.split(b"\n"))
+
+    def trailing_delimiter(data: bytes) -> bytes:
+        return b"\n".join(line + b"," if line else line for line in data.split(b"\n"))
+
+    return locals()[name]
+
+
+_DIALECTS = {
+    "crlf_bom_quoted_blank": "CRLF, BOM, quoted header, blank lines at the end (Excel on Windows)",
+    "lone_cr": "lone CR line ends (Excel for Mac 2011)",
+    "trailing_spaces": "spaces at the end of every line",
+    "trailing_delimiter": "a trailing comma on every line",
+}
+
+
+def _pandas_text(p: Path) -> Any:
+    import pandas as pd
+
+    return pd.read_csv(p, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+
+
+def _coord_check(p: Path) -> Callable[[Any], None]:
+    import pandas as pd
+
+    ref = pd.read_csv(p, index_col=0, encoding="utf-8-sig")
+    ref.columns = [str(c).strip() for c in ref.columns]
+
+    def check(sdata) -> None:
+        t = sdata["table"]
+        assert t.n_obs == len(ref)
+        np.testing.assert_array_equal(t.obsm["spatial"], ref.loc[t.obs_names, ["xaxis", "yaxis"]].to_numpy(float))
+
+    return check
+
+
+def _metadata_check(p: Path, slide: str) -> Callable[[Any], None]:
+    ref = _pandas_text(p)
+    ref.columns = [str(c).strip() for c in ref.columns]
+    row = ref.set_index("slide").loc[slide]
+
+    def check(sdata) -> None:
+        u = sdata["table"].uns["stimage"]
+        for key in ("species", "tissue", "tech", "title"):
+            assert u[key] == row[key].strip(), (key, u[key], row[key])
+        assert int(u["spot_num"]) == int(row["spot_num"]) and int(u["gene_num"]) == int(row["gene_num"])
+
+    return check
+
+
+def _annotation_check(p: Path) -> Callable[[Any], None]:
+    ref = _pandas_text(p)
+    ids, labels = ref.iloc[:, 0], ref.iloc[:, 1].str.strip()
+    keep = ~ids.duplicated()
+    expected = dict(zip(ids[keep], labels[keep], strict=True))
+
+    def check(sdata) -> None:
+        t = sdata["table"]
+        got = t.obs["annotation"]
+        for spot in t.obs_names:
+            want = expected.get(spot, "")
+            if want == "":
+                assert got.isna()[spot], (spot, got[spot])
+            else:
+                assert got[spot] == want, (spot, got[spot], want)
+        assert got.notna().sum() == sum(1 for s in t.obs_names if expected.get(s, ""))
+
+    return check
+
+
+def _register_dialects() -> None:
+    kinds = {
+        "coord": (lambda b: b.files.coord, lambda b, p: _coord_check(p)),
+        "metadata": (lambda b: b.metadata, lambda b, p: _metadata_check(p, b.slide)),
+        "annotation": (lambda b: b.files.annotation, lambda b, p: _annotation_check(p)),
+    }
+    for kind, (path_of, check_of) in kinds.items():
+        for variant, summary in _DIALECTS.items():
+
+            def build(b: Base, path_of=path_of, check_of=check_of, variant=variant) -> Expected:
+                p = path_of(b)
+                p.write_bytes(_dialect(variant)(p.read_bytes()))
+                return Expected("accepted", check=check_of(b, p))
+
+            build.__name__ = f"{kind}_{variant}"
+            case(kind, summary, "accepted: identical to what pandas reads (labels and metadata text stripped of spaces)")(build)
+
+        def semicolons(b: Base, path_of=path_of, kind=kind) -> Expected:
+            p = path_of(b)
+            lines = _read_lines(p)
+            p.write_text("".join(";".join(next(csv.reader([line]))) + "\n" for line in lines if line.strip()), encoding="utf-8")
+            return _error(p, "line 1", message="separated by semicolons (';'), not commas")
+
+        semicolons.__name__ = f"{kind}_semicolons"
+        case(kind, "fields separated by `;` (spreadsheet with a European locale)", "`FormatError` names the `;` separator, line 1")(semicolons)
+
+
+_register_dialects()
+
+
+@case("counts", "fields separated by `;` (spreadsheet with a European locale)", "`FormatError` names the `;` separator, line 1")
+def counts_semicolons(b: Base) -> Expected:
+    p = b.files.counts
+    p.write_bytes(p.read_bytes().replace(b",", b";"))
+    return _error(p, "line 1", message="separated by semicolons (';'), not commas")
+
+
 # --------------------------------------------------------------------------- layout
 
 

@@ -285,6 +285,15 @@ def _read_header(src: _Source, piece: int = 1 << 16) -> tuple[np.ndarray, int, b
         raise FormatError(src.name, f"malformed header: {e}", line=1) from e
     if len(records) != 1:
         raise FormatError(src.name, "malformed header (unbalanced quotes)", line=1)
+    if len(records[0]) == 1:
+        for sep, name in ((";", "semicolons (';')"), ("\t", "tabs")):
+            if sep in text:
+                raise FormatError(
+                    src.name,
+                    f"count file fields are separated by {name}, not commas (a spreadsheet "
+                    "export with another locale?): save it as comma-separated values",
+                    line=1,
+                )
     genes = np.asarray(records[0][1:], dtype=object)
     first_line = text.count("\n") + 2
     return genes, first_line, rest, eof and not rest
