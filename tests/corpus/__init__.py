@@ -838,6 +838,74 @@ def metadata_evil_id(b: Base) -> Expected:
     return _error(p, *_loc(line, "slide"), message="invalid slide id", all_slides=True)
 
 
+# ----------------------------------------------------------------- image: pixel types
+
+
+def _he_level0(sdata) -> np.ndarray:
+    im = sdata.images["he"]
+    arr = im["scale0"]["image"] if hasattr(im, "children") and "scale0" in im.children else im
+    return np.moveaxis(np.asarray(arr.values), 0, -1)
+
+
+def _original_pixels(b: Base) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(b.files.image) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _write_tiff_image(b: Base, pixels: np.ndarray) -> None:
+    import tifffile
+
+    buf = io.BytesIO()  # release images are named .png whatever they hold
+    tifffile.imwrite(buf, pixels, photometric="rgb", tile=(64, 64), compression="zlib")
+    b.files.image.write_bytes(buf.getvalue())
+
+
+def _pixels_check(expected: np.ndarray) -> Callable[[Any], None]:
+    def check(sdata) -> None:
+        np.testing.assert_array_equal(_he_level0(sdata), expected)
+
+    return check
+
+
+@case("image", "float32 TIFF with values 0-255", "accepted: values taken as 8-bit intensities, pixels identical to the 8-bit original")
+def image_float32_0_255(b: Base) -> Expected:
+    rgb = _original_pixels(b)
+    _write_tiff_image(b, rgb.astype(np.float32))
+    return Expected("accepted", check=_pixels_check(rgb))
+
+
+@case("image", "int16 TIFF with values 0-255", "accepted: values taken as 8-bit intensities, pixels identical to the 8-bit original")
+def image_int16_0_255(b: Base) -> Expected:
+    rgb = _original_pixels(b)
+    _write_tiff_image(b, rgb.astype(np.int16))
+    return Expected("accepted", check=_pixels_check(rgb))
+
+
+@case("image", "float64 TIFF in [0, 1] with a NaN block", "accepted: `round(255 v)` (as `img_as_ubyte`), NaN white")
+def image_float64_unit_nan(b: Base) -> Expected:
+    rgb = _original_pixels(b)
+    f = rgb / 255.0
+    f[10:20, 30:50] = np.nan
+    _write_tiff_image(b, f)
+    expected = rgb.copy()
+    expected[10:20, 30:50] = 255
+    return Expected("accepted", check=_pixels_check(expected))
+
+
+@case("image", "int32 TIFF with values 100-4180 (12-bit data)", "accepted: the actual min-max stretched to 0-255 (as `rescale_intensity`)")
+def image_int32_stretched(b: Base) -> Expected:
+    from skimage.exposure import rescale_intensity
+
+    rgb = _original_pixels(b)
+    raw = rgb.astype(np.int32) * 16 + 100
+    _write_tiff_image(b, raw)
+    lo, hi = raw.min(), raw.max()
+    expected = np.round(rescale_intensity(raw.astype(np.float64), in_range=(lo, hi), out_range=(0.0, 255.0))).astype(np.uint8)
+    return Expected("accepted", check=_pixels_check(expected))
+
+
 # --------------------------------------------------------------------------- metadata
 
 
