@@ -1140,3 +1140,47 @@ def layout_missing_image(b: Base) -> Expected:
     p = b.files.image
     p.unlink()
     return _error(p, exc=SlideNotFoundError, message="missing file")
+
+
+def _rename_slide(b: Base, new: str) -> str:
+    """Rename the base slide's files and its metadata row to ``new``; return ``new``."""
+    for path in [*b.files.required().values(), b.files.annotation]:
+        if path is not None and path.exists():
+            path.rename(path.with_name(path.name.replace(b.slide, new)))
+    meta = b.metadata
+    meta.write_text(meta.read_text(encoding="utf-8").replace(f'"{b.slide}"', f'"{new}"', 1), encoding="utf-8")
+    return new
+
+
+def _store_named(slide: str) -> Callable[[Any], None]:
+    def check(sdata) -> None:
+        assert sdata["table"].uns["stimage"]["slide"] == slide
+
+    return check
+
+
+@case("slide id", "a 240-character id", "accepted: temporary siblings keep within 255 bytes (`~<hash>` stem), store `<id>.zarr`")
+def slide_id_240_chars(b: Base) -> Expected:
+    slide = _rename_slide(b, ("GSE" + "1234567890" * 23 + "_GSM0000001")[:240])
+    return Expected("accepted", check=_store_named(slide), slide=slide)
+
+
+@case("slide id", "an id ending with a space (`'X '`), selected with `--slide 'X '`", "accepted: the id is matched verbatim")
+def slide_id_trailing_space(b: Base) -> Expected:
+    slide = _rename_slide(b, b.slide + " ")
+    return Expected("accepted", check=_store_named(slide), slide=slide)
+
+
+@case("slide id", "an id holding a comma (`'A,B'`), selected with `--slide 'A,B'`", "accepted: a `--slide` value that is exactly a known id is not split at commas")
+def slide_id_with_comma(b: Base) -> Expected:
+    slide = _rename_slide(b, b.slide.replace("_Visium", ",Visium"))
+    return Expected("accepted", check=_store_named(slide), slide=slide)
+
+
+@case("layout", "the slide's files under another technology folder (`ST/` for a Visium slide)", "`SlideNotFoundError` names the missing files and says they are under the wrong technology folder")
+def layout_wrong_tech_folder(b: Base) -> Expected:
+    for path in b.files.required().values():
+        dest = b.root / "ST" / path.relative_to(b.root / "Visium")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(dest)
+    return _error(b.files.counts, exc=SlideNotFoundError, message="wrong technology folder")
