@@ -14,6 +14,7 @@ from typing import Any
 
 from .._constants import TECHS
 from .._logging import logger
+from .._utils import naming_path
 from ..errors import StimageError
 from ..io._layout import SlideFiles
 from ..io._transaction import TMP_TAG, TRASH_TAG, atomic_write_json, sibling_stem, store_attrs
@@ -237,8 +238,13 @@ def run_lock(out_dir: Path) -> Iterator[None]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             continue
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(me, fh)
+        try:
+            with naming_path(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(me, fh)
+        except OSError:  # a full disk: leave no empty lock behind
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         break
     else:  # pragma: no cover - lost a race twice
         raise StimageError(f"{out_dir}: cannot take the run lock {path}")

@@ -202,8 +202,10 @@ def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False) ->
     -------
     ``path``.
     """
+    from .._utils import naming_path
+
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, naming_path(path):
         with open(tmp, "wb") as fh:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             if fsync:
