@@ -73,8 +73,9 @@ def raw_counts(adata: AnnData, layer: str | None = None) -> spmatrix:
 
 @contextlib.contextmanager
 def naming_path(path: str | Path) -> Iterator[None]:
-    """Give an ``OSError`` raised in the block without a file name (``write`` on a full disk)
-    the ``path`` it was about, so that its message names it.
+    """Name ``path`` in an ``OSError`` of the block that has no file name.
+
+    ``write`` on a full disk raises ``ENOSPC`` without one; the message then names the file.
     """
     try:
         yield
