@@ -346,7 +346,39 @@ def pil_limit(max_pixels: int | None):
         Image.MAX_IMAGE_PIXELS = old
 
 
-def _decode_pil(path: Path, max_pixels: int | None) -> np.ndarray:
+class _PILRows:
+    """Regions of a decoded PIL image as numpy arrays, converted one region at a time.
+
+    PNG and JPEG have no random access, so the whole image is decoded once (PIL holds it,
+    RGB as 4 bytes per pixel); regions are copied out when dask asks for them instead of
+    copying the whole image into a numpy array too (which doubled the peak memory).
+    """
+
+    def __init__(self, im: Any, path: Path):
+        self.im, self.path = im, path
+        w, h = im.size
+        probe = self._convert(im.crop((0, 0, min(w, 1), min(h, 1))))
+        self.dtype = probe.dtype
+        self.shape = (h, w, *probe.shape[2:])
+        self.ndim = len(self.shape)
+
+    @staticmethod
+    def _convert(im: Any) -> np.ndarray:
+        if im.mode.startswith("I;16"):
+            return np.asarray(im).astype(np.uint16, copy=False)
+        if im.mode == "I":
+            return np.asarray(im).astype(np.int32).clip(0, 65535).astype(np.uint16)
+        return np.asarray(im)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        ys, xs = key[0], key[1] if len(key) > 1 else slice(None)
+        y0, y1, _ = ys.indices(self.shape[0])
+        x0, x1, _ = xs.indices(self.shape[1])
+        a = self._convert(self.im.crop((x0, y0, max(x0, x1), max(y0, y1))))
+        return a[(slice(None), slice(None), *key[2:])] if len(key) > 2 else a
+
+
+def _decode_pil(path: Path, max_pixels: int | None) -> _PILRows:
     from PIL import Image
 
     with pil_limit(max_pixels), warnings.catch_warnings():
@@ -356,11 +388,8 @@ def _decode_pil(path: Path, max_pixels: int | None) -> np.ndarray:
                 im.load()
                 if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                     im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-                if im.mode.startswith("I;16"):
-                    return np.asarray(im).astype(np.uint16, copy=False)
-                if im.mode == "I":
-                    return np.asarray(im).astype(np.int32).clip(0, 65535).astype(np.uint16)
-                return np.asarray(im)
+                # the decoded pixels outlive the ``with``, which closes the file only
+                return _PILRows(im, path)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise FormatError(
                 path,
