@@ -11,6 +11,7 @@ from pathlib import Path
 __all__ = [
     "FormatError",
     "IncompleteStoreError",
+    "RemoteReadError",
     "SlideNotFoundError",
     "StimageError",
 ]
@@ -69,3 +70,7 @@ class SlideNotFoundError(StimageError, FileNotFoundError):
 
 class IncompleteStoreError(StimageError):
     """A Zarr store is missing its completion marker (an interrupted or foreign write)."""
+
+
+class RemoteReadError(StimageError, OSError):
+    """Reading a store at a URL failed (connection cut, server error); reading again is safe."""

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._constants import UNS_KEY
 from ..errors import IncompleteStoreError, StimageError
-from ._transaction import MARKER, TRASH_TAG, consolidate, is_complete, set_marker, temp_sibling
+from ._transaction import MARKER, atomic_path, consolidate, is_complete, set_marker
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -59,24 +57,12 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
     path = Path(path)
     if path.exists() and not overwrite:
         raise StimageError(f"{path} already exists (use overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
     attrs = dict(sdata.attrs.get(UNS_KEY, {}))
     attrs[MARKER] = False
     sdata.attrs[UNS_KEY] = attrs
-    try:
+    with atomic_path(path) as tmp:  # an existing store is swapped out through a trash sibling
         _write_elements(sdata, tmp)
         set_marker(tmp, True)
-        if path.exists():
-            trash = temp_sibling(path, TRASH_TAG)
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     sdata.attrs[UNS_KEY][MARKER] = True
     return path
 
@@ -105,18 +91,32 @@ def _write_elements(sdata: SpatialData, tmp: Path) -> None:
     consolidate(tmp)
 
 
-def read(path: str | Path, *, selection: tuple[str, ...] | None = None, check: bool = True) -> SpatialData:
-    """Read a converted slide back.
+def read(
+    path: str | Path,
+    *,
+    selection: tuple[str, ...] | None = None,
+    check: bool = True,
+    storage_options: dict | None = None,
+) -> SpatialData:
+    """Read a converted slide back, from a folder or from any fsspec URL.
+
+    A URL (``hf://datasets/<repo>/<slide>.zarr``, ``s3://...``, ``https://...``,
+    ``file://...``) is opened lazily: the table and the shapes are read, image chunks are
+    fetched when a computation touches them (see :doc:`/remote`).
 
     Parameters
     ----------
     path
-        A ``.zarr`` store written by :func:`stimage_sd.io.convert_slide`.
+        A ``.zarr`` store written by :func:`stimage_sd.io.convert_slide`, or its URL.
     selection
         Element types to read (``("images", "shapes", "tables")``), as in
         :func:`spatialdata.read_zarr`.
     check
         Refuse a store without the completion marker.
+    storage_options
+        fsspec filesystem options for a URL (credentials, ``endpoint``, ``token``); for
+        ``hf://`` use :func:`stimage_sd.hub.storage_options`. ``None``: fsspec's defaults
+        (``hf://``: ``HF_ENDPOINT``/``HF_TOKEN`` from the environment).
 
     Returns
     -------
@@ -133,9 +133,14 @@ def read(path: str | Path, *, selection: tuple[str, ...] | None = None, check: b
     >>> root = ssd.datasets.sample("stimage_sample")
     >>> sdata = ssd.io.read(ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores"))
     >>> tables = ssd.io.read("stores/GSE000001_GSM0000001.zarr", selection=("tables",))
+    >>> remote = ssd.io.read("hf://datasets/<user>/<repo>/GSE000001_GSM0000001.zarr")  # doctest: +SKIP
     """
     import spatialdata as sd
 
+    from ._remote import is_url, read_remote
+
+    if is_url(path):
+        return read_remote(str(path), selection=selection, check=check, storage_options=storage_options)
     path = Path(path)
     if not path.is_dir():
         raise StimageError(f"{path}: no such store")

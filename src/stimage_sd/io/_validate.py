@@ -77,7 +77,7 @@ class ValidationReport:
         Names of the checks that were run.
     """
 
-    path: Path
+    path: Path | str
     source: Path | None = None
     slide: str | None = None
     problems: list[Problem] = field(default_factory=list)
@@ -128,6 +128,7 @@ def validate(
     *,
     checksums: bool = True,
     progress: bool | None = None,
+    storage_options: dict | None = None,
 ) -> ValidationReport:
     """Check a converted slide against the data contract and, optionally, its release files.
 
@@ -162,7 +163,9 @@ def validate(
     Parameters
     ----------
     path
-        A ``.zarr`` store written by :func:`~stimage_sd.io.convert_slide`.
+        A ``.zarr`` store written by :func:`~stimage_sd.io.convert_slide`, or its fsspec URL
+        (``hf://``, ``s3://``, ``https://``; the store checks read metadata, table, shapes and
+        the smallest image level only).
     source
         Dataset root in the release layout, to compare with.
     checksums
@@ -170,19 +173,31 @@ def validate(
         compared).
     progress
         Progress bar while streaming the count file (``None``: the global setting).
+    storage_options
+        fsspec options for a URL (see :func:`stimage_sd.io.read`).
 
     Returns
     -------
     A :class:`ValidationReport`; ``report.ok`` tells whether the store is valid.
     """
-    path = Path(path)
-    report = ValidationReport(path=path, source=None if source is None else Path(source))
-    if not path.is_dir():
-        report.add("store", "no such store (not a folder)")
-        return report
+    from ._remote import is_url, read_remote, remote_attrs
     from ._transaction import MARKER, store_attrs
 
-    attrs = store_attrs(path)
+    remote = is_url(path)
+    if not remote:
+        path = Path(path)
+    report = ValidationReport(path=path, source=None if source is None else Path(source))
+    if remote:
+        try:
+            attrs = remote_attrs(str(path), storage_options=storage_options)
+        except StimageError as e:
+            report.add("store", str(e))
+            return report
+    elif not path.is_dir():
+        report.add("store", "no such store (not a folder)")
+        return report
+    else:
+        attrs = store_attrs(path)
     report.checks.append("marker")
     if not attrs:
         report.add("marker", "not a stimage_sd store: no attrs['stimage'] on the root group")
@@ -196,7 +211,7 @@ def validate(
     import spatialdata as sd
 
     try:
-        sdata = sd.read_zarr(path)
+        sdata = read_remote(str(path), check=False, storage_options=storage_options) if remote else sd.read_zarr(path)
     except Exception as e:
         report.add("store", f"spatialdata cannot read it: {type(e).__name__}: {e}")
         return report
