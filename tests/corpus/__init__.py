@@ -625,13 +625,13 @@ def coord_truncated(b: Base) -> Expected:
     return _error(p, f"line {line}", "column 'r'", message="r must be a positive number")
 
 
-@case("coord", "ragged row (an extra field)", "`FormatError` names the line (parser: expected 4 fields)")
+@case("coord", "ragged row (an extra field)", "`FormatError` record has 5 fields, the header has 4; names the line")
 def coord_ragged(b: Base) -> Expected:
     p = b.files.coord
     lines = _read_lines(p)
     lines[7] = lines[7].rstrip("\n") + ",1.0\n"
     _write_lines(p, lines)
-    return _error(p, "line 8", message="cannot parse coordinate file")
+    return _error(p, "line 8", message="record has 5 fields, the header has 4")
 
 
 @case("coord", "UTF-16 file", "`FormatError` not valid UTF-8, line 1")

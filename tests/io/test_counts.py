@@ -527,3 +527,24 @@ def test_control_character_in_spot_id_is_an_error():
 
     with pytest.raises(FormatError, match=r"line 3\).*control character"):
         read_counts(io.BytesIO(b",g1,g2\na,1.0,0.0\nb\x00x,0,2\n"))
+
+
+@pytest.mark.parametrize("chunk", [3, 100, 1 << 20])
+@pytest.mark.parametrize(
+    ("seq", "dtype"),
+    [
+        (["4294967296,0", "0,0.5"], np.float32),  # int32 -> int64 -> float32 (narrowed in place)
+        (["2147483653,0", "0,0.5"], np.float64),  # int32 -> int64 -> float64
+        (["3,1", "2147483653,0", "0.1234567,1", "7,7"], np.float64),
+        (["0.5,1", "16777217,2"], np.float64),  # float32 -> float64
+    ],
+)
+def test_dtype_changes_across_blocks_keep_earlier_values(seq, dtype, chunk):
+    rng = np.random.default_rng(0)
+    rows = [f"s{i},{rng.integers(0, 9)},{rng.integers(0, 9)}" for i in range(300)]
+    for j, r in enumerate(seq):
+        rows.insert(50 + 80 * j, f"x{j},{r}")
+    data = (",a,b\n" + "\n".join(rows) + "\n").encode()
+    c = read_counts(io.BytesIO(data), chunk_bytes=chunk, workers=2)
+    assert c.X.dtype == dtype
+    assert_exact(c.X.toarray(), oracle(data))
