@@ -52,8 +52,8 @@ def test_spatial_graph_matches_squidpy_and_a_kdtree(source, oracle_table, reques
     ours = ssd.tl.spatial_graph(table, copy=True)
     info = ours.uns["spatial_neighbors"]["stimage"]
     ref = table.copy()
-    if source == "real":  # 100 scattered spots: no lattice, a 6-NN graph
-        assert info["method"] == "knn" and info["lattice"] == "irregular"
+    if source == "real":  # 100 scattered spots of a hex lattice (a sparse one: a 6-NN graph)
+        assert info["method"] == "knn" and info["lattice"] == "hex"
         sq.gr.spatial_neighbors_knn(ref, n_neighs=6)
     else:
         k = GRID_NEIGHS.get(source, 6)

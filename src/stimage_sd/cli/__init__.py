@@ -72,7 +72,7 @@ def _stderr_console():
 
 
 # register subcommands (each module adds its commands to ``app``)
-from . import _analyze, _catalog, _convert, _patches, _publish, _validate, _view  # noqa: E402, F401
+from . import _analyze, _catalog, _cohort, _convert, _patches, _publish, _validate, _view  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> int:

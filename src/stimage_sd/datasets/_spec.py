@@ -101,6 +101,15 @@ class SlideSpec:
         every array position.
     seed
         Random seed; the same spec and seed give byte-identical files.
+    study
+        Name of a study the slide belongs to. Slides of one study share their gene panel
+        (names, markers, header order) and the expression profile of each domain, as
+        serial sections of one experiment do (their tissue layout, library sizes and
+        noise stay per slide). ``None``: everything is drawn for this slide alone.
+    batch_effect
+        Standard deviation of slide-specific, gene-wise log-normal factors multiplying
+        every domain profile (a technical batch effect: capture efficiency per gene and
+        slide); ``0`` adds none. Combine with ``depth`` for per-slide depth differences.
     cancer, pmid, title, abstract, keywords
         Metadata fields (``None`` leaves the field empty, except ``title``/``abstract``
         which then get a generated text).
@@ -141,6 +150,8 @@ class SlideSpec:
     margin_px: int | None = None
     tissue_fraction: float = 0.85
     seed: int = 0
+    study: str | None = None
+    batch_effect: float = 0.0
     cancer: bool = False
     pmid: str | None = None
     title: str | None = None
@@ -176,6 +187,8 @@ class SlideSpec:
             raise StimageError("density must be between 0 and 1")
         if not self.depth > 0:
             raise StimageError("depth must be positive")
+        if not self.batch_effect >= 0:
+            raise StimageError("batch_effect must be >= 0")
         if self.n_domains < 1:
             raise StimageError("n_domains must be >= 1")
         if self.domain_names is not None and len(self.domain_names) != self.n_domains:
@@ -183,6 +196,11 @@ class SlideSpec:
         n_special = 13 + 8 + self.n_domains * self.n_markers + self.duplicate_genes
         if self.n_genes < n_special + 10:
             raise StimageError(f"n_genes must be at least {n_special + 10} for this spec")
+
+    @property
+    def panel_key(self) -> tuple[int, str]:
+        """``(seed, name)`` that draws the gene panel and domain profiles (shared by a study)."""
+        return (0, f"study:{self.study}") if self.study is not None else (self.seed, self.slide)
 
     @property
     def pitch_um(self) -> float:

@@ -59,7 +59,9 @@ RESOLUTION_COLUMNS = (
     "magnification",
 )
 CACHE_FILE = Path(".stimage_sd") / "resolution.json"
-_FORMAT_VERSION = 1
+#: 2: µm/px from the lattice fit (issue 17; version 1 used the nearest-neighbour median,
+#: wrong on sparse slides), so version-1 caches are recomputed.
+_FORMAT_VERSION = 2
 
 
 def magnification(um_per_px: float) -> float:

@@ -46,7 +46,8 @@ class Problem:
     ----------
     check
         What was checked: ``"store"``, ``"marker"``, ``"elements"``, ``"table"``,
-        ``"shapes"``, ``"image"``, ``"link"``, ``"coordinates"``, ``"metadata"`` or, against
+        ``"shapes"``, ``"image"``, ``"link"``, ``"coordinates"``, ``"metadata"``,
+        ``"scale"`` or, against
         the release files, ``"source"``, ``"spots"``, ``"genes"``, ``"counts"``.
     message
         What is wrong, naming the spot, gene or element.
@@ -149,7 +150,13 @@ def validate(
     - **coordinates**: ``"global"`` is the identity for image and shapes; ``"micron"``
       scales by the recorded µm/px when one was estimated;
     - **metadata**: ``uns["stimage"]`` agrees with the table (slide, spot and gene counts)
-      and with ``attrs["stimage"]``.
+      and with ``attrs["stimage"]``;
+    - **scale**: the recorded µm/px agrees within 10 % with the pixel size the store's own
+      spot geometry gives (:func:`~stimage_sd.io.estimate_pixel_size` on ``obsm["spatial"]``
+      and the recorded radius), unless ``uns["stimage"]["pixel_size"]`` records a reason for
+      a value the geometry does not back (decision ``"radius"``, ``"pitch-only"`` or
+      ``"none"``). Catches stores converted with the nearest-neighbour estimate, which was
+      up to 2.7x off on sparse slides.
 
     With ``source`` (the dataset root the slide was converted from), also:
 
@@ -236,6 +243,8 @@ def validate(
     if table is not None:
         with _guard(report, "table"):
             _check_table(report, table, meta)
+        with _guard(report, "scale"):
+            _check_scale(report, table, meta)
         with _guard(report, "metadata"):
             _check_metadata(report, table, meta, attrs)
     if shapes is not None:
@@ -323,6 +332,58 @@ def _check_table(report: ValidationReport, table: Any, meta: dict) -> None:
         elif not np.isfinite(spatial).all():
             i = int(np.flatnonzero(~np.isfinite(spatial).all(axis=1))[0])
             report.add("table", f"obsm['spatial'] is not finite for spot {table.obs_names[i]!r}")
+
+
+#: Recorded decisions that explain a scale the geometry does not back.
+_UNBACKED_DECISIONS = ("radius", "pitch-only", "none")
+
+
+def _check_scale(report: ValidationReport, table: Any, meta: dict) -> None:
+    from .._constants import GEOMETRY, SCALE_DISAGREEMENT_WARN
+    from ._scale import estimate_pixel_size
+
+    tech = meta.get("tech")
+    try:
+        ump = float(meta.get("um_per_px"))
+    except (TypeError, ValueError):
+        return
+    spatial = table.obsm.get("spatial")
+    if tech not in GEOMETRY or not math.isfinite(ump) or ump <= 0 or spatial is None:
+        return
+    try:
+        radius = float(meta.get("spot_radius_px", "nan"))
+    except (TypeError, ValueError):
+        radius = float("nan")
+    xy = np.asarray(spatial, dtype=np.float64)
+    ids = list(table.obs_names) if tech == "ST" else None
+    est = estimate_pixel_size(xy, radius, tech, spot_ids=ids, source=str(meta.get("slide", "")), log=False)
+    if not (math.isfinite(est.um_per_px) and est.um_per_px > 0):
+        return
+    off = abs(ump - est.um_per_px) / est.um_per_px
+    if off <= SCALE_DISAGREEMENT_WARN:
+        return
+    rec = meta.get("pixel_size")
+    rec = rec if isinstance(rec, dict) else {}
+    explained = (
+        bool(str(rec.get("reason", "") or "").strip())
+        and rec.get("decision") in _UNBACKED_DECISIONS
+        and _close(rec.get("um_per_px"), ump)
+    )
+    if explained:
+        return
+    report.add(
+        "scale",
+        f"the micron scale {ump:.4g} µm/px is inconsistent with the store's own spot geometry: "
+        f"{est.um_per_px:.4g} µm/px ({100 * off:.0f} % apart; {est.reason}) and no reason is recorded in "
+        f"uns[{UNS_KEY!r}]['pixel_size']; convert the slide again",
+    )
+
+
+def _close(a: Any, b: float) -> bool:
+    try:
+        return math.isclose(float(a), b, rel_tol=1e-6)
+    except (TypeError, ValueError):
+        return False
 
 
 def _check_metadata(report: ValidationReport, table: Any, meta: dict, attrs: dict) -> None:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-__all__ = ["DEFAULT_HOPS", "domains", "neighbourhood_features"]
+__all__ = ["DEFAULT_HOPS", "cluster_features", "domains", "neighbourhood_features"]
 
 #: Default hops of neighbourhood averaging per technology.
 DEFAULT_HOPS = {"ST": 2, "Visium": 2, "VisiumHD": 5}
@@ -181,6 +181,7 @@ def domains(
     graph_key: str = Key.obsp.spatial,
     table_key: str = TABLE_KEY,
     copy: bool = False,
+    batch_key: str | None = None,
 ) -> AnnData | None:
     """Find spatial domains from expression and the spatial graph.
 
@@ -215,6 +216,10 @@ def domains(
     %(graph_key)s
     %(table_key)s
     %(copy)s
+    batch_key
+        For a cohort of slides (:func:`stimage_sd.io.read_cohort`): the ``obs`` column of
+        the slides; the domains are then found jointly, with the same label for the same
+        domain on every slide (:func:`stimage_sd.tl.cohort_domains`, Harmony integration).
 
     Returns
     -------
@@ -240,6 +245,14 @@ def domains(
     >>> ssd.tl.domains(sdata, n_domains=3)
     >>> ssd.tl.domains(sdata, spatial_weight=0.0, key_added="domain_expr")  # non-spatial baseline
     """
+    if batch_key is not None:  # a cohort: joint domains across slides
+        from ._cohort import cohort_domains
+
+        return cohort_domains(
+            data, n_domains, batch_key=batch_key, resolution=resolution, spatial_weight=spatial_weight,
+            n_hops=n_hops, n_pcs=n_pcs, method=method, n_neighbors=n_neighbors, seed=seed,
+            key_added=key_added, table_key=table_key, copy=copy,
+        )
     import scanpy as sc
 
     adata = table_to_modify(data, table_key, copy)
@@ -314,3 +327,64 @@ def domains(
     adata.uns[Key.uns.domain(key_added)] = params
     logger.info("%d spatial domains (%s, λ=%.2f, %d hops)", found, method, spatial_weight, params["n_hops"])
     return adata if copy else None
+
+
+def cluster_features(
+    feats: np.ndarray,
+    n_domains: int | None = None,
+    *,
+    method: Literal["leiden", "kmeans", "gmm"] = "leiden",
+    resolution: float = 0.5,
+    n_neighbors: int = 15,
+    seed: int = 0,
+) -> tuple[pd.Categorical, dict[str, Any]]:
+    """Cluster precomputed features exactly as :func:`domains` clusters its own.
+
+    The stable entry point for callers that build the features themselves (the cohort
+    domains of :func:`stimage_sd.tl.cohort_domains`).
+
+    Parameters
+    ----------
+    feats
+        ``(n, d)`` features.
+    n_domains, method, resolution, n_neighbors, seed
+        As in :func:`domains`.
+
+    Returns
+    -------
+    ``(labels, info)``: categorical labels ``"0"``, ``"1"``, ... by decreasing size, and
+    ``{"method", "n_domains", "resolution"?}``.
+    """
+    from anndata import AnnData
+
+    feats = np.asarray(feats, dtype=np.float32)
+    n = feats.shape[0]
+    if method in ("kmeans", "gmm") and n_domains is None:
+        raise ValueError(f"method={method!r} needs n_domains")
+    info: dict[str, Any] = {"method": method}
+    if method == "leiden":
+        k = min(n_neighbors, n - 1)
+        conn, dist = _knn_graph(feats, k, seed)
+        tmp = AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)))
+        tmp.obsp["c"], tmp.obsp["d"] = conn, dist
+        tmp.uns["knn"] = {"connectivities_key": "c", "distances_key": "d", "params": {"n_neighbors": int(k), "method": "knn-union"}}
+        if n_domains is None:
+            labels, info["resolution"] = _leiden(tmp, resolution, seed, "knn"), float(resolution)
+        else:
+            labels, used = _leiden_to_k(tmp, int(n_domains), seed, "knn")
+            info["resolution"] = float(used)
+    elif method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        labels = KMeans(n_clusters=int(n_domains), n_init=10, random_state=seed).fit_predict(feats)
+    elif method == "gmm":
+        from sklearn.mixture import GaussianMixture
+
+        labels = GaussianMixture(
+            n_components=int(n_domains), covariance_type="diag", n_init=3, random_state=seed
+        ).fit_predict(feats)
+    else:
+        raise ValueError(f"method must be 'leiden', 'kmeans' or 'gmm', got {method!r}")
+    cats = _relabel_by_size(np.asarray(labels))
+    info["n_domains"] = int(cats.categories.size)
+    return cats, info

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 __all__ = ["detect_lattice", "spatial_graph"]
 
-#: A layout is a regular lattice when at least this fraction of spots has its nearest
-#: neighbour within ``_PITCH_TOL`` of the median nearest-neighbour distance.
+#: A layout is a lattice when at least this fraction of spots lies on the fitted lattice,
+#: and a *filled* (dense) one when this fraction has its nearest neighbour within
+#: ``_PITCH_TOL`` of the pitch; only a filled grid gets squidpy's grid graph.
 _REGULAR_FRACTION = 0.9
 _PITCH_TOL = 0.1
 #: Neighbours closer than this multiple of the pitch count towards the coordination number.
@@ -27,7 +28,11 @@ _SHELL = 1.25
 
 
 def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
-    """Describe the layout of spot centres: pitch, regularity and coordination number.
+    """Describe the layout of spot centres: lattice, pitch, regularity and coordination number.
+
+    The lattice is fitted from pair-difference vectors (the same fit that gives the pixel
+    size, see ``docs/pixel_size.md``), so a sparse subset of a grid (e.g. 100 spots left of
+    a Visium capture area, few of them adjacent) is still recognised as that grid.
 
     Parameters
     ----------
@@ -36,11 +41,13 @@ def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
 
     Returns
     -------
-    dict with ``pitch`` (median nearest-neighbour distance, same unit as ``xy``),
-    ``regular_fraction`` (spots whose nearest neighbour is within 10 % of the pitch),
-    ``coordination`` (typical number of neighbours within 1.25 pitches: 6 on a hexagonal
-    grid, 4 on a square one) and ``lattice`` (``"hex"``, ``"square"`` or
-    ``"irregular"``).
+    dict with ``lattice`` (``"hex"`` or ``"square"`` when at least 90 % of the spots lie on
+    such a lattice, else ``"irregular"``), ``pitch`` (the lattice's fundamental spacing;
+    for an irregular layout the median nearest-neighbour distance; same unit as ``xy``),
+    ``fraction_on_lattice``, ``regular_fraction`` (spots whose nearest neighbour is within
+    10 % of the pitch), ``dense`` (``regular_fraction`` >= 0.9: the grid is filled, not a
+    sparse subset), ``coordination`` (typical number of neighbours within 1.25 pitches: 6 on
+    a filled hexagonal grid, 4 on a square one) and ``fit`` (the lattice fit as a dict).
 
     Examples
     --------
@@ -52,23 +59,34 @@ def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
     """
     from scipy.spatial import cKDTree
 
+    from ..io._lattice import fit_lattice
+
     xy = np.asarray(xy, dtype=np.float64)
     n = len(xy)
+    out: dict[str, Any] = {"pitch": float("nan"), "regular_fraction": 0.0, "coordination": 0,
+                           "lattice": "irregular", "fraction_on_lattice": 0.0, "dense": False, "fit": {}}
     if n < 3:
-        return {"pitch": float("nan"), "regular_fraction": 0.0, "coordination": 0, "lattice": "irregular"}
+        return out
+    fit = fit_lattice(xy)
+    out["fit"] = fit.to_dict()
+    out["fraction_on_lattice"] = float(fit.fraction_on_lattice)
     k = min(9, n)
     dist, _ = cKDTree(xy).query(xy, k=k)
     d1 = dist[:, 1]
-    pitch = float(np.median(d1))
+    on = fit.dim == 2 and fit.kind in ("hex", "square") and fit.fraction_on_lattice >= _REGULAR_FRACTION
+    pitch = float(fit.pitch_px) if on else float(np.median(d1))
+    out["pitch"] = pitch
     if not pitch > 0:
-        return {"pitch": pitch, "regular_fraction": 0.0, "coordination": 0, "lattice": "irregular"}
+        return out
     regular = float(np.mean(np.abs(d1 - pitch) <= _PITCH_TOL * pitch))
     counts = (dist[:, 1:] <= _SHELL * pitch).sum(axis=1)
-    coordination = int(np.quantile(counts, 0.75))
-    lattice = "irregular"
-    if regular >= _REGULAR_FRACTION:
-        lattice = {6: "hex", 4: "square"}.get(coordination, "irregular")
-    return {"pitch": pitch, "regular_fraction": regular, "coordination": coordination, "lattice": lattice}
+    out.update(
+        regular_fraction=regular,
+        coordination=int(np.quantile(counts, 0.75)),
+        lattice=fit.kind if on else "irregular",
+        dense=regular >= _REGULAR_FRACTION,
+    )
+    return out
 
 
 @dedent
@@ -132,11 +150,12 @@ def spatial_graph(
     lat = detect_lattice(adata.obsm[Key.obsm.spatial])
     tech_neighs = {"hex": 6, "square": 4}.get(GEOMETRY[tech].grid, 6) if tech in GEOMETRY else 6
     if method == "auto":
-        method = "grid" if lat["lattice"] in ("hex", "square") else "knn"
+        method = "grid" if lat["lattice"] in ("hex", "square") and lat["dense"] else "knn"
         if method == "knn":
             logger.info(
-                "spots are not on a regular grid (%.0f%% at the pitch, coordination %d): using a %d-NN graph",
-                100 * lat["regular_fraction"], lat["coordination"], n_neighs or tech_neighs,
+                "spots are not on a filled grid (%s layout, %.0f%% with a neighbour at the pitch, coordination "
+                "%d): using a %d-NN graph",
+                lat["lattice"], 100 * lat["regular_fraction"], lat["coordination"], n_neighs or tech_neighs,
             )
     with quiet("spatialdata._logging", "squidpy"):
         k = _build(adata, method, lat, tech, tech_neighs, n_neighs, radius, n_rings, key_added)
