@@ -14,9 +14,10 @@ from typing import Any
 
 from .._constants import TECHS
 from .._logging import logger
+from .._utils import naming_path
 from ..errors import StimageError
 from ..io._layout import SlideFiles
-from ..io._transaction import TMP_TAG, TRASH_TAG, atomic_write_json, store_attrs
+from ..io._transaction import TMP_TAG, TRASH_TAG, atomic_write_json, sibling_stem, store_attrs
 
 #: File name of the run manifest inside the output folder.
 MANIFEST_NAME = "manifest.json"
@@ -237,8 +238,13 @@ def run_lock(out_dir: Path) -> Iterator[None]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             continue
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(me, fh)
+        try:
+            with naming_path(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(me, fh)
+        except OSError:  # a full disk: leave no empty lock behind
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         break
     else:  # pragma: no cover - lost a race twice
         raise StimageError(f"{out_dir}: cannot take the run lock {path}")
@@ -257,9 +263,11 @@ def cleanup_partials(out_dir: Path) -> int:
     from ..io._transaction import journaled_siblings
 
     n = 0
+    stores = {sibling_stem(s): s for s in out_dir.glob("*.zarr")}  # long ids: hashed stems
     for tag in (TMP_TAG, TRASH_TAG):
         for p in out_dir.glob(f".*.zarr{tag}*"):
-            store = out_dir / p.name[1:].split(tag, 1)[0]
+            stem = p.name[1:].split(tag, 1)[0]
+            store = stores.get(stem, out_dir / stem)
             if p.name in journaled_siblings(store):  # an interrupted table swap: recoverable
                 continue
             shutil.rmtree(p, ignore_errors=True)

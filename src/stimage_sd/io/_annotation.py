@@ -56,14 +56,23 @@ def read_annotation(path: str | Path) -> tuple[pd.Series, str]:
 
         raise utf8_error(path, "annotation file") from e
     except pd.errors.ParserError as e:
-        raise FormatError(path, f"cannot parse annotation file: {e}") from e
+        from ._coords import parser_error
+
+        raise parser_error(path, "annotation file", e) from e
     if df.shape[1] < 2:
+        from ._coords import delimiter_error
+
+        hint = delimiter_error(path, "annotation file")
+        if hint is not None:
+            raise hint
         raise FormatError(path, f"annotation file needs a spot id and a label column, header has {list(df.columns)}", line=1)
     spot_col, label_col = df.columns[0], df.columns[1]
     ids = df[spot_col].astype(str)
     dup = ids.duplicated()
     if dup.any():
         logger.warning("%s: %d duplicated spot id(s) dropped (first label kept)", path, int(dup.sum()))
-    labels = pd.Series(df[label_col].to_numpy(), index=pd.Index(ids, name="spot"), dtype="string")
+    # spaces around a label (a spreadsheet's padding) are not part of it; blank is missing
+    labels = pd.Series(df[label_col].to_numpy(), index=pd.Index(ids, name="spot"), dtype="string").str.strip()
+    labels = labels.mask(labels == "")
     labels = labels[~dup.to_numpy()]
     return labels, str(label_col)

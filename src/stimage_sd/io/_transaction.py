@@ -87,6 +87,7 @@ __all__ = [
     "recover_store",
     "replace_table",
     "set_marker",
+    "sibling_stem",
     "store_attrs",
     "temp_sibling",
 ]
@@ -122,7 +123,33 @@ def temp_sibling(path: str | Path, tag: str = TMP_TAG, kind: str = "") -> Path:
     """
     path = Path(path)
     infix = f"{kind}-" if kind else ""
-    return path.with_name(f".{path.name}{tag}{infix}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{sibling_stem(path)}{tag}{infix}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+#: Longest name of a sibling: NAME_MAX (255 bytes) on Linux and macOS file systems.
+_NAME_MAX = 255
+#: Bytes a sibling adds to its stem: "." + ".trash-" + "table-" + pid + "-" + 8 hex digits.
+_SIBLING_EXTRA = 1 + len(".trash-") + len("table-") + 10 + 1 + 8
+
+
+def sibling_stem(path: str | Path) -> str:
+    """The part of ``path``'s name its temporary siblings start with (after the dot).
+
+    The name itself when the longest sibling fits in 255 bytes (``NAME_MAX``); for longer
+    names (a 240-character slide id), the name cut to fit plus ``~`` and 16 hex digits of
+    its SHA-256, keeping the suffix (``.zarr``): deterministic, so that cleanups find the
+    siblings again.
+    """
+    name = Path(path).name
+    if len(name.encode()) + _SIBLING_EXTRA <= _NAME_MAX:
+        return name
+    import hashlib
+
+    suffix = ".zarr" if name.endswith(".zarr") else ""
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    budget = _NAME_MAX - _SIBLING_EXTRA - len(suffix) - 1 - len(digest)
+    head = name.encode()[:budget].decode("utf-8", "ignore")
+    return f"{head}~{digest}{suffix}"
 
 
 @contextmanager
@@ -183,8 +210,10 @@ def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False) ->
     -------
     ``path``.
     """
+    from .._utils import naming_path
+
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, naming_path(path):
         with open(tmp, "wb") as fh:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             if fsync:
@@ -279,6 +308,13 @@ def journaled_siblings(path: str | Path) -> set[str]:
     return {str(pending[k]) for k in ("tmp", "trash") if pending.get(k)}
 
 
+def glob_escape(name: str) -> str:
+    """``name`` with the glob metacharacters escaped (slide ids may hold ``[``)."""
+    import glob
+
+    return glob.escape(name)
+
+
 def cleanup_partial(path: str | Path) -> list[Path]:
     """Remove temporary siblings left next to ``path`` by interrupted writes.
 
@@ -291,7 +327,7 @@ def cleanup_partial(path: str | Path) -> list[Path]:
         return removed
     keep = journaled_siblings(path)
     for tag in (TMP_TAG, TRASH_TAG):
-        for p in path.parent.glob(f".{path.name}{tag}*"):
+        for p in path.parent.glob(f".{glob_escape(sibling_stem(path))}{tag}*"):
             if p.name in keep:
                 continue
             shutil.rmtree(p, ignore_errors=True)
@@ -303,7 +339,7 @@ def cleanup_partial(path: str | Path) -> list[Path]:
 
 def _remove_stale_table_siblings(path: Path, keep: frozenset[str] = frozenset()) -> None:
     for tag in (TMP_TAG, TRASH_TAG):
-        for p in path.parent.glob(f".{path.name}{tag}table-*"):
+        for p in path.parent.glob(f".{glob_escape(sibling_stem(path))}{tag}table-*"):
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
 
