@@ -33,7 +33,8 @@ def _readme_commands() -> list[str]:
                 if part.startswith("stimage-sd"):
                     commands.append(part)
     for inline in re.findall(r"`(stimage-sd [^`]+)`", text):
-        if "..." not in inline:  # prose shorthand, not a full command
+        # prose shorthand ("stimage-sd -q convert ...") and bare command names are not full commands
+        if "..." not in inline and len(inline.split()) > 2:
             commands.append(inline)
     return commands
 
@@ -78,6 +79,13 @@ def test_readme_command_parses(command, tmp_path, monkeypatch):
         if not argv:
             return
     _parse(argv)  # raises click's UsageError, naming the option or argument
+
+
+def test_commands_named_in_the_readme_exist():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`stimage-sd ([a-z]+)", text))
+    group = typer.main.get_command(app)
+    assert named and named <= set(group.commands), named - set(group.commands)
 
 
 def test_quiet_goes_before_the_command():
