@@ -814,6 +814,28 @@ def annotation_partial(b: Base) -> Expected:
     return Expected("repair", warning="not in the slide", check=check)
 
 
+@case("annotation", "one spot given two different labels (and another repeated with the same label)", "repaired: the first label kept, warning, `uns['stimage']['annotation']['conflicts']` names the spot, both labels, the one kept and the line")
+def annotation_conflicting_labels(b: Base) -> Expected:
+    p = b.files.annotation
+    lines = _read_lines(p)
+    first, second = _cells(lines[1]), _cells(lines[2])
+    other = "NOT_" + first[1]
+    n_lines = len(lines)
+    lines += [f"{first[0]},{other}\n", f"{second[0]},{second[1]}\n"]  # a conflict, then a harmless repeat
+    _write_lines(p, lines)
+
+    def check(sdata) -> None:
+        t = sdata["table"]
+        c = t.uns["stimage"]["annotation"]["conflicts"]
+        assert int(c["n"]) == 1
+        assert list(c["spot"]) == [first[0]] and list(c["kept"]) == [first[1]]
+        assert list(c["dropped"]) == [other] and [int(v) for v in c["line"]] == [n_lines + 1]
+        assert t.obs.loc[first[0], "annotation"] == first[1]
+        assert t.obs.loc[second[0], "annotation"] == second[1]
+
+    return Expected("repair", warning="conflicting labels", check=check)
+
+
 @case("annotation", "one column only", "`FormatError` needs a spot id and a label column, line 1")
 def annotation_one_column(b: Base) -> Expected:
     p = b.files.annotation
