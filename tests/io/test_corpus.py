@@ -258,3 +258,88 @@ def test_token_never_in_logs_or_stores(corpus_base, tmp_path, monkeypatch, capsy
     for p in out.rglob("*"):
         if p.is_file():
             assert secret.encode() not in p.read_bytes(), p
+
+
+# --------------------------------------------------------------------------- damaged stores
+
+from corpus import STORE_CASES, store_corpus_table  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus_store(corpus_base, tmp_path_factory) -> Path:
+    """The base slide converted once; each damaged-store case damages a copy."""
+    return convert_slide(corpus_base.root, corpus_base.slide, tmp_path_factory.mktemp("corpus_store"))
+
+
+def _damaged(corpus_store: Path, tmp_path: Path, name: str):
+    import shutil
+
+    store = tmp_path / corpus_store.name
+    shutil.copytree(corpus_store, store)
+    return store, STORE_CASES[name].build(store)
+
+
+def _has(problems: list[str], needle: str) -> bool:
+    return any(needle in p for p in problems)
+
+
+def test_pristine_store_is_valid_with_checksums(corpus_base, corpus_store):
+    from stimage_sd.io import validate
+
+    report = validate(corpus_store, corpus_base.root)
+    assert report.ok, str(report)
+    assert {"structure", "checksums", "pixels", "counts"} <= set(report.checks)
+
+
+VALIDATE_CASES = [n for n, c in STORE_CASES.items() if c.command == "validate"]
+ANALYZE_CASES = [n for n, c in STORE_CASES.items() if c.command == "analyze"]
+
+
+@pytest.mark.parametrize("name", VALIDATE_CASES)
+def test_store_library(name, corpus_base, corpus_store, tmp_path):
+    from stimage_sd.io import validate
+
+    store, exp = _damaged(corpus_store, tmp_path, name)
+    plain = [str(p) for p in validate(store).problems]
+    for needle in exp.problems:
+        assert _has(plain, needle), (needle, plain)
+    full = [str(p) for p in validate(store, corpus_base.root).problems]
+    for needle in (*exp.problems, *exp.source_problems):
+        assert _has(full, needle), (needle, full)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VALIDATE_CASES)
+def test_store_cli(name, corpus_base, corpus_store, tmp_path, capsys, stimage_logging):
+    store, exp = _damaged(corpus_store, tmp_path, name)
+    for extra in ([], ["--source", str(corpus_base.root)]):
+        code = main(["--quiet", "validate", str(store), *extra])
+        cap = capsys.readouterr()
+        text = _squash(cap.out + cap.err)
+        assert code == 1, text
+        assert "Traceback" not in text
+        for needle in (*exp.problems, *(exp.source_problems if extra else ())):
+            assert _squash(needle) in text, (needle, text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["store_indices_byte_flip", "store_data_chunk_deleted"])
+def test_store_cli_subprocess(name, corpus_base, corpus_store, tmp_path):
+    """A real ``stimage-sd validate`` process: exit 1 and the report, no crash signal (was SIGSEGV)."""
+    store, exp = _damaged(corpus_store, tmp_path, name)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "300"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stimage_sd", "--quiet", "validate", str(store), str(corpus_store),
+         "--source", str(corpus_base.root)],
+        capture_output=True, text=True, timeout=150, env=env,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, (proc.returncode, text)
+    assert "Traceback" not in text
+    assert _squash(exp.problems[0]) in _squash(text)
+    assert "1 of 2 store(s) valid" in text  # the pristine store after the damaged one is still checked
+
+
+def test_store_docs_table_in_sync():
+    doc = (REPO / "docs" / "robustness.md").read_text(encoding="utf-8")
+    assert store_corpus_table() in doc, "regenerate: python -c 'import sys; sys.path.insert(0, \"tests\"); from corpus import store_corpus_table; print(store_corpus_table())'"

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING
 
 from .._constants import UNS_KEY
 from ..errors import IncompleteStoreError, StimageError
-from ._transaction import MARKER, TRASH_TAG, consolidate, is_complete, set_marker, temp_sibling
+from ._checksums import CHECKSUM_KEY, SCHEME, table_record
+from ._transaction import (
+    MARKER,
+    TRASH_TAG,
+    _update_root_attrs,
+    consolidate,
+    is_complete,
+    set_marker,
+    temp_sibling,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -20,7 +29,10 @@ __all__ = ["read", "write"]
 def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write a SpatialData object atomically, with a completion marker written last.
 
-    The store is written to a temporary sibling (``.<name>.tmp-<id>``); the completion
+    The store is written to a temporary sibling (``.<name>.tmp-<id>``); content checksums
+    of the raw counts of each table and of every level of the converter's images are
+    recorded in ``attrs["stimage"]["checksums"]`` (:mod:`stimage_sd.io._checksums`), which
+    :func:`~stimage_sd.io.validate` checks; the completion
     marker (``attrs["stimage"]["complete"]``) is set after every element is on disk;
     then the folder is renamed into place. A reader therefore never sees a half-written
     store under ``path``, and a store without the marker is never taken as a result.
@@ -65,7 +77,8 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
     attrs[MARKER] = False
     sdata.attrs[UNS_KEY] = attrs
     try:
-        _write_elements(sdata, tmp)
+        record = _write_elements(sdata, tmp)
+        _update_root_attrs(tmp, {CHECKSUM_KEY: record})
         set_marker(tmp, True)
         if path.exists():
             trash = temp_sibling(path, TRASH_TAG)
@@ -81,16 +94,21 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
     return path
 
 
-def _write_elements(sdata: SpatialData, tmp: Path) -> None:
-    """Write every element into the new store ``tmp``; chunked pyramids level by level."""
+def _write_elements(sdata: SpatialData, tmp: Path) -> dict:
+    """Write every element into the new store ``tmp``; chunked pyramids level by level.
+
+    Returns the content checksums of what was written (:mod:`stimage_sd.io._checksums`).
+    """
     import spatialdata as sd
 
     from ._pyramid import is_chunked_pyramid, write_multiscale_image
 
+    record: dict = {"scheme": SCHEME, "tables": {}, "images": {}}
     chunked = {k: v for k, v in sdata.images.items() if is_chunked_pyramid(v)}
     if not chunked:
         sdata.write(tmp, overwrite=False)
-        return
+        _record_tables(record, sdata, tmp)
+        return record
     rest = sd.SpatialData(
         images={k: v for k, v in sdata.images.items() if k not in chunked},
         labels=dict(sdata.labels),
@@ -101,8 +119,17 @@ def _write_elements(sdata: SpatialData, tmp: Path) -> None:
     )
     rest.write(tmp, overwrite=False, consolidate_metadata=False)
     for name, image in chunked.items():
-        write_multiscale_image(tmp, name, image)
+        record["images"][name] = write_multiscale_image(tmp, name, image)
     consolidate(tmp)
+    _record_tables(record, sdata, tmp)
+    return record
+
+
+def _record_tables(record: dict, sdata: SpatialData, store: Path) -> None:
+    for key, table in sdata.tables.items():
+        entry = table_record(table, store / "tables" / key)
+        if entry is not None:
+            record["tables"][key] = entry
 
 
 def read(path: str | Path, *, selection: tuple[str, ...] | None = None, check: bool = True) -> SpatialData:

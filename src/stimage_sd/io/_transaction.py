@@ -71,6 +71,7 @@ from typing import Any
 from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logger
 from ..errors import IncompleteStoreError, StimageError
+from ._checksums import CHECKSUM_KEY, SCHEME, table_record
 
 __all__ = [
     "MARKER",
@@ -364,17 +365,21 @@ def recover_store(path: str | Path) -> str:
     trash = path.parent / pending["trash"]
     new = tmp / "tables" / table_key
     outcome = "finished"
+    swapped = not new.is_dir()  # the new table left the sibling: it is the element now
     if not element.exists():
         if new.is_dir():
             os.replace(new, element)
-            outcome = "rolled_forward"
+            outcome, swapped = "rolled_forward", True
         elif trash.is_dir():
             os.replace(trash, element)
             outcome = "rolled_back"
         else:
             raise IncompleteStoreError(f"{path}: table {table_key!r} is missing and cannot be recovered")
     consolidate(path)
-    _update_root_attrs(path, {MARKER: True, PENDING_KEY: None})
+    changes: dict[str, Any] = {MARKER: True, PENDING_KEY: None}
+    if outcome != "rolled_back" and swapped and isinstance(pending.get("checksums"), dict):
+        changes[CHECKSUM_KEY] = pending["checksums"]  # the new table is in place
+    _update_root_attrs(path, changes)
     shutil.rmtree(trash, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     _remove_stale_table_siblings(path)
@@ -425,11 +430,20 @@ def replace_table(path: str | Path, table: Any, *, table_key: str = TABLE_KEY) -
     element = path / "tables" / table_key
     try:
         _write_table_store(table, tmp, table_key)  # 1
+        entry = table_record(table, tmp / "tables" / table_key)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
         journal = {"table": table_key, "tmp": tmp.name, "trash": trash.name}
+        checksums = dict(store_attrs(path).get(CHECKSUM_KEY) or {})
+        tables = dict(checksums.get("tables") or {})
+        if entry is None:
+            tables.pop(table_key, None)
+        else:
+            tables[table_key] = entry
+        checksums.update({"scheme": checksums.get("scheme", SCHEME), "tables": tables})
+        journal["checksums"] = checksums  # recover_store records them when it rolls forward
         _update_root_attrs(path, {MARKER: False, PENDING_KEY: journal})  # 2
         if element.exists():  # 3
             os.replace(element, trash)
@@ -440,6 +454,7 @@ def replace_table(path: str | Path, table: Any, *, table_key: str = TABLE_KEY) -
             {
                 MARKER: True,
                 PENDING_KEY: None,
+                CHECKSUM_KEY: checksums,
                 "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "table_replaced_by": f"stimage_sd {__version__}",
             },
