@@ -12,7 +12,7 @@ and peak RSS:
 - ``stimage_sd``: ``read_image`` (lazy) -> ``multiscale_image`` -> ``stimage_sd.io.write``
   (level 0 written chunk by chunk, each level computed from the written one);
 - ``stimage_sd-no-checksums`` (``--methods``): the same without the content checksums
-  recorded since issue 15 (SHA-256 of every chunk of every level), to measure their cost;
+  recorded since issue 15 (CRC-32 of every chunk of every level), to measure their cost;
 - ``naive``: decode all (``tifffile.imread`` / PIL), ``Image2DModel.parse(...,
   scale_factors=[2]*n, chunks=1024)``, ``SpatialData.write``.
 

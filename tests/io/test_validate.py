@@ -255,7 +255,7 @@ def test_checksums_follow_the_table_swap_and_catch_damage_after_it(store_copy, s
     table.X = counts.astype(np.float32) / 2  # any analysis result
     replace_table(path, table)
     rec = store_attrs(path)[CHECKSUM_KEY]["tables"]["table"]
-    assert rec["location"] == "layers/counts" and rec["sha256"] == csr_digest(counts)
+    assert rec["location"] == "layers/counts" and rec["digest"] == csr_digest(counts)
     assert validate(path, source=sample_root).ok
     # killed after the swap, before the marker: the next run finishes it and records
     table2 = table.copy()
@@ -274,7 +274,7 @@ def test_checksums_follow_the_table_swap_and_catch_damage_after_it(store_copy, s
     assert store_attrs(path).get(PENDING_KEY)
     assert recover_store(path) == "finished"
     rec = store_attrs(path)[CHECKSUM_KEY]["tables"]["table"]
-    assert rec["sha256"] == csr_digest(table2.layers["counts"])
+    assert rec["digest"] == csr_digest(table2.layers["counts"])
     assert validate(path).ok
     # damage after the swap is caught without the source
     group = zarr.open_group(str(path / "tables" / "table" / "layers" / "counts"), mode="r+")

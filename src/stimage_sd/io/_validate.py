@@ -784,9 +784,9 @@ def _check_checksums(report: ValidationReport, path: Path, attrs: dict, sdata: A
                 report.add("checksums", f"table {key!r} {loc}/{part}: {int(n) - len(found)} chunk file(s) missing "
                            f"(written {n}, found {len(found)})")
         X = table.layers["counts"] if loc != "X" else table.X
-        if csr_digest(X) != entry.get("sha256"):
+        if csr_digest(X) != entry.get("digest"):
             report.add("checksums", f"table {key!r}: raw counts ({loc}) differ from those written "
-                       "(SHA-256 of the decoded matrix; changed bytes on disk?)")
+                       "(checksum of the decoded matrix; changed bytes on disk?)")
     for name, levels in (rec.get("images") or {}).items():
         for level, entry in sorted((levels or {}).items()):
             adir = path / "images" / name / level
@@ -808,9 +808,9 @@ def _check_checksums(report: ValidationReport, path: Path, attrs: dict, sdata: A
             if broken:
                 report.add("checksums", f"image {name!r} level {level}: {len(broken)} chunk(s) cannot be decoded "
                            f"(chunk {_chunk_keys([i[1:] for i in broken])})")
-            elif digest != entry.get("sha256"):
+            elif digest != entry.get("digest"):
                 report.add("checksums", f"image {name!r} level {level}: pixels differ from those written "
-                           "(SHA-256 of the decoded chunks; changed or missing chunk files)")
+                           "(checksums of the decoded chunks; changed or missing chunk files)")
 
 
 def _check_pixels(report: ValidationReport, root: Path, path: Path, meta: dict, *, progress: bool | None) -> None:
