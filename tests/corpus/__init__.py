@@ -1039,3 +1039,44 @@ def _zattrs_shape(node: Path) -> list[int]:
 
     return json.loads((node / "zarr.json").read_text(encoding="utf-8"))["attributes"]["shape"]
 
+
+def _shrink(store: Path, n: int) -> None:
+    """Rewrite the store with its first ``n`` spots only (as if the release had only those)."""
+    import spatialdata as sd
+
+    from stimage_sd.io import read, write
+
+    sdata = read(store)
+    table = sdata["table"][:n].copy()
+    table.uns["stimage"]["n_spots"] = n
+    shapes = sdata["spots"].iloc[:n]
+    small = sd.SpatialData(images=dict(sdata.images), shapes={"spots": shapes}, tables={"table": table},
+                           attrs=sdata.attrs)
+    write(small, store, overwrite=True)
+
+
+@store_case("analyze", "store", "1 spot (crashed in native code in the HVG step before)", "skipped: HVG, graph, domains, SVG; reason in the note and `uns['stimage_analysis']['skipped']`; exit 0")
+def analyze_one_spot(store: Path) -> StoreExpected:
+    _shrink(store, 1)
+    return StoreExpected(("1 spot(s), fewer than the 10 needed",), status="skipped")
+
+
+@store_case("analyze", "store", "2 spots (crashed in native code before)", "skipped, as for 1 spot")
+def analyze_two_spots(store: Path) -> StoreExpected:
+    _shrink(store, 2)
+    return StoreExpected(("2 spot(s), fewer than the 10 needed",), status="skipped")
+
+
+@store_case("analyze", "store", "4 spots (a scikit-learn error before)", "skipped, as for 1 spot")
+def analyze_four_spots(store: Path) -> StoreExpected:
+    _shrink(store, 4)
+    return StoreExpected(("4 spot(s), fewer than the 10 needed",), status="skipped")
+
+
+@store_case("analyze", "counts `X/indices`", "an index outside the genes (structurally damaged store)", "failed before any native code: `StimageError` the store is damaged (names the problem); exit 1; the other stores go on")
+def analyze_damaged_indices(store: Path) -> StoreExpected:
+    a = _zarr_rw(store / "tables" / "table" / "X" / "indices")
+    v = np.asarray(a[...])
+    v[10] = 10**8
+    a[...] = v
+    return StoreExpected(("the store is damaged", "outside 0..39"), status="failed")

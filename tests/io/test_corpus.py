@@ -340,6 +340,64 @@ def test_store_cli_subprocess(name, corpus_base, corpus_store, tmp_path):
     assert "1 of 2 store(s) valid" in text  # the pristine store after the damaged one is still checked
 
 
+@pytest.mark.parametrize("name", ANALYZE_CASES)
+def test_analyze_library(name, corpus_store, tmp_path):
+    from stimage_sd.workflows import analyze_store
+
+    store, exp = _damaged(corpus_store, tmp_path, name)
+    if exp.status == "failed":
+        with pytest.raises(StimageError) as err:
+            analyze_store(store, seed=0)
+        for needle in exp.problems:
+            assert needle in str(err.value)
+        return
+    summary = analyze_store(store, seed=0)
+    assert (summary["skipped"] != {}) == (exp.status == "skipped")
+    reasons = " ".join(summary["skipped"].values())
+    for needle in exp.problems:
+        assert needle in reasons
+    table = read(store)["table"]
+    assert dict(table.uns["stimage_analysis"]["skipped"]) == summary["skipped"]
+    assert "counts" in table.layers  # the normalisation ran and was written back
+
+
+@pytest.mark.slow
+def test_analyze_cli_one_bad_store_does_not_take_down_the_run(corpus_store, tmp_path):
+    """``analyze good <each case> good --report R`` in a real process: every store has its row."""
+    import csv
+    import shutil
+
+    stores, expected = [], []
+    good = tmp_path / "good"
+    shutil.copytree(corpus_store, good / corpus_store.name)
+    stores.append(good / corpus_store.name)
+    expected.append(("ok", ()))
+    for name in ANALYZE_CASES:
+        store, exp = _damaged(corpus_store, tmp_path / name, name)
+        stores.append(store)
+        expected.append((exp.status, exp.problems))
+    good2 = tmp_path / "good2" / corpus_store.name
+    shutil.copytree(corpus_store, good2)
+    stores.append(good2)
+    expected.append(("ok", ()))
+    report = tmp_path / "R"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "300"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stimage_sd", "--quiet", "analyze", *map(str, stores), "--report", str(report)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text  # one store failed (the damaged one)
+    assert "Traceback" not in text
+    with open(report / "summary.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["store"] for r in rows] == [str(s) for s in stores]
+    for row, (status, needles) in zip(rows, expected, strict=True):
+        assert row["status"] == status, row
+        for needle in needles:
+            assert needle in row["note"], row
+
+
 def test_store_docs_table_in_sync():
     doc = (REPO / "docs" / "robustness.md").read_text(encoding="utf-8")
     assert store_corpus_table() in doc, "regenerate: python -c 'import sys; sys.path.insert(0, \"tests\"); from corpus import store_corpus_table; print(store_corpus_table())'"
