@@ -17,6 +17,7 @@ from ._transaction import (
     consolidate,
     is_complete,
     set_marker,
+    store_lock,
     temp_sibling,
 )
 
@@ -59,6 +60,9 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
     ------
     StimageError
         If ``path`` exists and ``overwrite`` is not set.
+    LockedError
+        If another live run holds the store's lock
+        (:func:`stimage_sd.io._transaction.store_lock`).
 
     Examples
     --------
@@ -69,6 +73,11 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
     >>> path = ssd.io.write(sdata, "stores/GSE000001_GSM0000001_analysed.zarr", overwrite=True)
     """
     path = Path(path)
+    with store_lock(path, "write"):
+        return _write(sdata, path, overwrite)
+
+
+def _write(sdata: SpatialData, path: Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise StimageError(f"{path} already exists (use overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)

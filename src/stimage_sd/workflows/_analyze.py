@@ -15,7 +15,7 @@ from .._constants import TABLE_KEY
 from .._logging import logger
 from ..errors import StimageError
 from ..io._store import read
-from ..io._transaction import recover_store, replace_table
+from ..io._transaction import recover_store, replace_table, store_lock
 from ..io._validate import structure_problems
 from ..pl._qc import qc as plot_qc
 from ..pl._spatial import spatial
@@ -31,6 +31,7 @@ def analyze_store(
     seed: int = 0,
     report_dir: str | Path | None = None,
     table_key: str = TABLE_KEY,
+    lock_timeout: float | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Analyse one converted store and write the results back into it.
@@ -51,6 +52,10 @@ def analyze_store(
         Folder for the figures (created if needed).
     table_key
         Table element.
+    lock_timeout
+        Seconds to wait while another run writes the store (its lock
+        ``.<slide>.zarr.lock``, see :func:`stimage_sd.io._transaction.store_lock`), then
+        :class:`~stimage_sd.errors.LockedError` naming it; ``None`` (default) waits.
 
     Returns
     -------
@@ -65,6 +70,16 @@ def analyze_store(
     >>> sdata = ssd.io.read(store)
     """
     path = Path(path)
+    # the whole read -> analyse -> write back holds the store's lock: a second analysis
+    # waits (the first one's result is not lost), a conversion does not touch the live
+    # temporary table
+    with store_lock(path, "analyze", timeout=lock_timeout):
+        return _analyze(path, n_domains=n_domains, seed=seed, report_dir=report_dir, table_key=table_key, **kwargs)
+
+
+def _analyze(
+    path: Path, *, n_domains: int | None, seed: int, report_dir: str | Path | None, table_key: str, **kwargs: Any
+) -> dict[str, Any]:
     recover_store(path)
     damage = structure_problems(path)  # never hand a damaged matrix to native code
     if damage:
