@@ -12,7 +12,15 @@ It serves one dataset repository from a local folder through the endpoints that
   files answer 302 to a second server on another port (the "CDN", a different origin, so
   the client drops its ``Authorization`` header) with ``X-Linked-Etag`` (sha256),
   ``X-Linked-Size`` and ``X-Repo-Commit``, as the Hub does;
-- ``GET /<sha256>`` on the CDN: the file, with ``Range`` support (206 + ``Content-Range``).
+- ``GET /<sha256>`` on the CDN: the file, with ``Range`` support (206 + ``Content-Range``);
+- ``POST /api/datasets/<repo>/paths-info/<rev>``: entries of the given paths (what
+  :class:`huggingface_hub.HfFileSystem` asks for ``info``);
+- uploads (``HfApi.upload_folder``/``create_commit`` without Xet): ``POST /api/repos/create``
+  (409 when the repository exists), ``POST /api/datasets/<repo>/preupload/<rev>`` (every file
+  is ``regular``, with the ``oid`` of the file already there so unchanged files are skipped)
+  and ``POST /api/datasets/<repo>/commit/<rev>`` (ndjson; base64 files are written into the
+  served folder, which then is a new commit), and ``POST /api/validate-yaml`` (the card's
+  YAML front matter must parse). Every committed path is recorded in :attr:`FakeHub.committed`.
 
 Xet is never advertised (no ``xetHash`` in listings, no ``X-Xet-*`` headers), so the
 client takes its plain-HTTP path. Errors carry ``X-Error-Code`` (``RepoNotFound``,
@@ -107,6 +115,7 @@ class FakeHub:
     cut_after: dict[str, int] = field(default_factory=dict)
     fail: dict[str, int] = field(default_factory=dict)
     requests: list[RequestRecord] = field(default_factory=list)
+    committed: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
@@ -205,6 +214,10 @@ class FakeHub:
                 out.append(r.path)
         return out
 
+    def bytes_sent(self) -> int:
+        """Bytes of file content sent (both servers, every GET answered 200/206)."""
+        return sum(r.bytes_sent for r in self.requests if r.method == "GET")
+
     def clear(self) -> None:
         with self._lock:
             self.requests.clear()
@@ -264,6 +277,9 @@ class FakeHub:
 
 _API_RE = re.compile(r"^/api/datasets/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?/?$")
 _TREE_RE = re.compile(r"^/api/datasets/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")
+_PATHS_INFO_RE = re.compile(r"^/api/datasets/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)$")
+_PREUPLOAD_RE = re.compile(r"^/api/datasets/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)$")
+_COMMIT_RE = re.compile(r"^/api/datasets/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)$")
 _RESOLVE_RE = re.compile(r"^/datasets/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 
 
@@ -275,6 +291,12 @@ def _make_handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format, *args):  # silence stderr logging
             return
+
+        def setup(self):
+            super().setup()
+            # headers and body go in separate writes: without this, delayed ACKs stall each
+            # keep-alive request by ~40 ms
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         # ---------------------------------------------------------- plumbing
         def _rec(self, status: int, path: str, sent: int = 0) -> None:
@@ -323,9 +345,101 @@ def _make_handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
             self._dispatch()
 
         def do_POST(self):
-            n = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
-            self.rfile.read(n)
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n) if n else b""
+            url = urlsplit(self.path)
+            if role != "hub":
+                return self._error(404, None, "not implemented by the fake hub")
+            if not self._authorized():
+                return self._error(401, "RepoNotFound", "Invalid credentials in Authorization header")
+            if url.path == "/api/repos/create":
+                data = json.loads(body or b"{}")
+                rid = f"{data.get('organization') or ''}/{data.get('name')}".strip("/")
+                if rid == hub.repo_id:
+                    body = {"error": "You already created this dataset repo", "url": f"{hub.endpoint}/datasets/{rid}"}
+                    return self._send(409, json.dumps(body).encode(), {"X-Error-Message": body["error"]})
+                return self._error(403, None, "the fake hub serves one repository only")
+            if url.path == "/api/validate-yaml":
+                # README metadata check: the YAML front matter must parse (the Hub checks more)
+                import yaml
+
+                content = json.loads(body or b"{}").get("content", "")
+                errors = []
+                if content.startswith("---"):
+                    try:
+                        yaml.safe_load(content.split("---", 2)[1])
+                    except yaml.YAMLError as e:
+                        errors.append({"message": str(e)})
+                return self._send(400 if errors else 200, json.dumps({"errors": errors, "warnings": []}).encode())
+            if m := _PATHS_INFO_RE.match(url.path):
+                return self._paths_info(m, body)
+            if m := _PREUPLOAD_RE.match(url.path):
+                return self._preupload(m, body)
+            if m := _COMMIT_RE.match(url.path):
+                return self._commit(m, body)
             self._error(404, None, "not implemented by the fake hub")
+
+        def _paths_info(self, m: re.Match, body: bytes) -> None:
+            if not self._check_repo(m["repo"], m["rev"]):
+                return
+            ctype = self.headers.get("Content-Type", "")
+            if "json" in ctype:
+                paths = json.loads(body or b"{}").get("paths", [])
+            else:
+                paths = parse_qs(body.decode()).get("paths", [])
+            out = []
+            for p in paths:
+                p = p.strip("/")
+                f = hub.files.get(p)
+                if f is not None:
+                    e = {"type": "file", "oid": f.blob_id, "size": f.size, "path": f.path}
+                    if f.lfs:
+                        e["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": f.pointer_size}
+                    out.append(e)
+                elif any(q.startswith(p + "/") for q in hub.files):
+                    out.append({"type": "directory", "oid": hashlib.sha1(p.encode()).hexdigest(), "size": 0, "path": p})
+            self._send(200, json.dumps(out).encode())
+
+        def _preupload(self, m: re.Match, body: bytes) -> None:
+            if not self._check_repo(m["repo"], m["rev"]):
+                return
+            files = json.loads(body or b"{}").get("files", [])
+            out = []
+            for f in files:
+                have = hub.files.get(f["path"])
+                out.append({
+                    "path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                    "oid": None if have is None or have.lfs else have.blob_id,
+                })
+            self._send(200, json.dumps({"files": out, "commitOid": hub.commit}).encode())
+
+        def _commit(self, m: re.Match, body: bytes) -> None:
+            import base64
+
+            if not self._check_repo(m["repo"], m["rev"]):
+                return
+            written = []
+            for line in body.splitlines():
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                if item["key"] == "file":
+                    v = item["value"]
+                    dest = hub.folder / v["path"]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(base64.b64decode(v["content"]))
+                    written.append(v["path"])
+                elif item["key"] in ("lfsFile",):
+                    return self._error(400, None, "LFS/Xet uploads are not implemented by the fake hub")
+            with hub._lock:
+                hub.refresh()
+                hub.committed.append(written)
+            payload = {
+                "commitUrl": f"{hub.endpoint}/datasets/{hub.repo_id}/commit/{hub.commit}",
+                "commitOid": hub.commit,
+                "pullRequestUrl": None,
+            }
+            self._send(200, json.dumps(payload).encode())
 
         def _dispatch(self) -> None:
             url = urlsplit(self.path)

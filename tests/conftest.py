@@ -129,3 +129,53 @@ _hsettings.register_profile(
 )
 _hsettings.load_profile(os.environ.get("STIMAGE_HYPOTHESIS_PROFILE", "ci"))
 # ---- end: hypothesis profiles ----
+
+
+# ---- begin: oracle fixtures (issue 17: pp/tl against scanpy and squidpy; tests/pp, tests/tl) ----
+@pytest.fixture(scope="session")
+def real_visium(real_data):
+    """The real 10x Visium sample as a raw table (100 spots x 100 genes, 53 genes never
+    detected; ``obsm["spatial"]`` full-resolution pixels), and the positions of all 4,992
+    spots of its capture area."""
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+    import scanpy as sc
+    from scipy import sparse
+
+    folder = real_data / "visium_mouse_brain"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # scanpy: "Variable names are not unique"
+        adata = sc.read_10x_h5(folder / "filtered_feature_bc_matrix.h5")
+    adata.var_names_make_unique()
+    pos = pd.read_csv(
+        folder / "spatial" / "tissue_positions_list.csv", header=None,
+        names=["barcode", "in_tissue", "array_row", "array_col", "y", "x"], index_col="barcode",
+    )
+    adata.obsm["spatial"] = pos.loc[adata.obs_names, ["x", "y"]].to_numpy(dtype=np.float64)
+    adata.X = sparse.csr_matrix(adata.X)
+    adata.uns["stimage"] = {"tech": "Visium", "species": "mouse"}
+    return adata, pos
+
+
+@pytest.fixture(scope="session")
+def analysis_tables(analysis_slides) -> dict:
+    """tech -> the raw table of :data:`ANALYSIS_SPECS`' store, read back (copy before changing it)."""
+    from stimage_sd.io import read
+
+    return {tech: read(store)["table"] for tech, (_, store) in analysis_slides.items()}
+
+
+@pytest.fixture
+def oracle_table(analysis_tables, request):
+    """``oracle_table(source)``: a fresh raw table of a generated slide (ST, Visium,
+    VisiumHD) or of the real sample (``"real"``; skipped without ../shared/real-data)."""
+
+    def get(source: str):
+        if source == "real":
+            return request.getfixturevalue("real_visium")[0].copy()
+        return analysis_tables[source].copy()
+
+    return get
+# ---- end: oracle fixtures ----

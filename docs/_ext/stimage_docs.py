@@ -26,11 +26,15 @@ from docutils.parsers.rst import Directive, directives
 
 NAMESPACES = {
     "io": "Reading the release, converting slides, store I/O",
+    "hub": "The release on the Hugging Face Hub: catalogue and downloads",
+    "batch": "Converting many slides (dask.distributed)",
     "pp": "Preprocessing",
     "tl": "Tools",
     "pl": "Plotting and viewing",
+    "workflows": "Workflows over stores",
     "ml": "Training patches",
     "datasets": "Synthetic slides and the built-in sample",
+    "errors": "Exceptions",
 }
 
 

@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "click_exception_classes",
     "compute_coordinates",
     "get_channel_names",
     "get_ome_zarr_format",
@@ -18,6 +19,8 @@ __all__ = [
     "hub_network_errors",
     "overwrite_coordinate_transformations_raster",
     "raster_format",
+    "set_transformations",
+    "transformations_from_ngff",
 ]
 
 
@@ -63,6 +66,26 @@ def compute_coordinates(element: Any) -> Any:
     return f(element)
 
 
+def transformations_from_ngff(encoded: list[dict[str, Any]]) -> dict[str, Any]:
+    """``spatialdata._io._utils._get_transformations_from_ngff_dict`` (spatialdata 0.7).
+
+    Stored ``coordinateTransformations`` -> ``{coordinate system: transformation}``.
+    """
+    from spatialdata._io._utils import _get_transformations_from_ngff_dict as f
+
+    return f(encoded)
+
+
+def set_transformations(element: Any, transformations: dict[str, Any]) -> None:
+    """``spatialdata.transformations._utils._set_transformations`` (spatialdata 0.7).
+
+    Sets every transformation of an element (a multiscale ``DataTree``: on each level) in memory.
+    """
+    from spatialdata.transformations._utils import _set_transformations as f
+
+    f(element, transformations)
+
+
 def hub_network_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the Hub could not be reached", whatever HTTP client it uses.
 
@@ -80,3 +103,20 @@ def hub_network_errors() -> tuple[type[BaseException], ...]:
         if isinstance(c, type) and issubclass(c, BaseException)
     )
     return (HTTPError, *extra, ConnectionError, TimeoutError)
+
+
+def click_exception_classes(name: str) -> tuple[type[BaseException], ...]:
+    """Click's exception class ``name`` (``"ClickException"``, ``"Abort"``, ``"Exit"``) as raised by typer.
+
+    typer ≥ 0.26 vendors its own copy of click (``typer._click``), whose exceptions are not
+    click's; older typer raises click's own. Both are returned where both exist.
+    """
+    found: list[type[BaseException]] = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)

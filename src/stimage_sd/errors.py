@@ -12,6 +12,7 @@ __all__ = [
     "FormatError",
     "IncompleteStoreError",
     "LockedError",
+    "RemoteReadError",
     "SlideNotFoundError",
     "StimageError",
 ]
@@ -77,3 +78,7 @@ class LockedError(StimageError):
 
     The message names the other run (command, pid, host, start time) and the lock file.
     """
+
+
+class RemoteReadError(StimageError, OSError):
+    """Reading a store at a URL failed (connection cut, server error); reading again is safe."""

@@ -27,6 +27,8 @@ from stimage_sd.batch._workers import _admit
 from stimage_sd.errors import StimageError
 from stimage_sd.io import is_complete
 
+pytestmark = pytest.mark.slow
+
 BROKEN = "GSE900000_GSM9000006"
 BIG = "Human_Brain_Batch_01012024_Visium_big"
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACES = ("io", "pp", "tl", "pl", "ml", "datasets")
 

@@ -295,6 +295,7 @@ def test_duplicate_spot_ids_in_coords(root_copy, tmp_path):
         ssd.io.convert_slide(root_copy, files.slide, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_cli_bad_slide_exit_code_no_traceback(root_copy, tmp_path, capsys):
     files = find_slide(root_copy, _visium_slide().slide)
     files.image.write_bytes(b"garbage")

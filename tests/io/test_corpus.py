@@ -163,6 +163,7 @@ def test_cli(name, corpus_base, tmp_path, monkeypatch, capsys, stimage_logging):
     run.check_nothing_outside()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["image_bomb", "counts_truncated_mid_number"])
 def test_cli_subprocess(name, corpus_base, tmp_path, monkeypatch):
     """A real ``stimage-sd`` process: no hang, no traceback, the documented exit status."""

@@ -177,6 +177,7 @@ def count_files(draw):
     chunk=st.sampled_from([1, 7, 64, 1 << 20]),
     workers=st.sampled_from([1, 2]),
 )
+@pytest.mark.slow
 def test_matches_pandas(spec, chunk, workers):
     genes, ids, values, opts = spec
     data = write_counts(genes, ids, values, **opts)

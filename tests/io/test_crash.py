@@ -27,7 +27,7 @@ from stimage_sd.errors import IncompleteStoreError
 from stimage_sd.io import is_complete, read, validate
 
 SEEDS = range(6)  # acceptance: >= 5 seeds
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SPECS = [
     datasets.SlideSpec(

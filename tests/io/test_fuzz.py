@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from stimage_sd.errors import FormatError
 from stimage_sd.io import read_annotation, read_coords, read_counts, read_metadata
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 _LONG = os.environ.get("STIMAGE_FUZZ_EXAMPLES")
 FUZZ = settings(

@@ -19,7 +19,7 @@ def test_squidpy_builds_spatial_graph(sample_stores):
     import squidpy as sq
 
     table = sd.read_zarr(_visium(sample_stores))["table"]
-    sq.gr.spatial_neighbors(table, coord_type="grid", n_neighs=6, spatial_key="spatial")
+    sq.gr.spatial_neighbors_grid(table, n_neighs=6, spatial_key="spatial")
     conn = table.obsp["spatial_connectivities"]
     degree = np.asarray(conn.sum(axis=1)).ravel()
     # hexagonal Visium grid: interior spots have 6 neighbours
@@ -27,6 +27,7 @@ def test_squidpy_builds_spatial_graph(sample_stores):
     assert degree.max() <= 6
 
 
+@pytest.mark.slow
 def test_spatialdata_plot_renders_spots_over_image(sample_stores, tmp_path):
     import matplotlib
 
@@ -49,6 +50,7 @@ def test_spatialdata_plot_renders_spots_over_image(sample_stores, tmp_path):
     assert img.std() > 10  # not blank
 
 
+@pytest.mark.slow
 def test_demo_command(tmp_path, capsys):
     code = main(["--quiet", "demo", str(tmp_path / "demo")])
     out = capsys.readouterr().out

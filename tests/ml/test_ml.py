@@ -67,6 +67,7 @@ def store(sample_stores, tmp_path_factory) -> Path:
 
 
 # ---------------------------------------------------------------------------- geometry
+@pytest.mark.slow
 def test_native_resolution_patch_is_the_image_region_pixel_for_pixel(sample_stores, tmp_path):
     # HD sample: 0.5 µm/px, so 48 µm at 96 px is the image's own resolution (no resampling)
     out = export_patches(sample_stores[HD], tmp_path / "p.zarr", size_um=48, px=96, n_hvg=4, progress=False)
@@ -174,6 +175,7 @@ def _physical_store(root: Path, slide: str, tech: str, ump: float, grid: tuple[i
     return write(sdata, root / f"{slide}.zarr")
 
 
+@pytest.mark.slow
 def test_physical_size_is_the_same_across_st_visium_and_hd(tmp_path):
     # the same µm-defined pattern imaged at different resolutions: every 112 µm / 224 px
     # patch must show the pattern at 0.5 µm/px around the spot, whatever the technology
@@ -325,6 +327,7 @@ def test_partial_append_is_cut_and_redone(sample_stores, tmp_path):
     assert ds.__getitems__([n1])[0]["image"].any()
 
 
+@pytest.mark.slow
 def test_export_killed_midway_then_rerun_completes_without_duplicates(sample_stores, tmp_path):
     import zarr
 
@@ -409,6 +412,7 @@ def test_split_selection_from_catalog_split_and_split_file(store, sample_root, t
         PatchDataset(store, split="holdout", splits=splits)
 
 
+@pytest.mark.slow
 def test_dataloader_with_two_workers_sees_every_spot_exactly_once(store):
     torch = pytest.importorskip("torch", reason="torch is an optional extra (pip install stimage-sd[ml]); the dataset itself needs no torch")
     from torch.utils.data import DataLoader

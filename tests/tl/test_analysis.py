@@ -90,10 +90,10 @@ def test_svg_ranks_marker_genes_on_top(analysed, tech):
         assert set(genes) & set(top), (tech, domain, genes, top)
     # stored where scverse tools look, consistent with each other
     assert {"I", "pval_norm"} <= set(adata.uns["moranI"].columns)
-    assert adata.var.loc[top[0], "svg_rank"] == 1
+    assert adata.var.loc[top[0], "moranI_rank"] == 1
     assert adata.var.loc[top[0], "moranI"] == adata.var["moranI"].max()
     assert summary["top_svg"] == top[:10]
-    assert adata.uns["stimage_svg"]["n_tested"] == adata.var["moranI"].notna().sum()
+    assert adata.uns["moranI_params"]["n_tested"] == adata.var["moranI"].notna().sum()
 
 
 def test_domains_are_deterministic_and_other_clusterers(analysed):
@@ -174,14 +174,21 @@ def test_qc_fixed_thresholds_and_filter(analysis_slides):
     assert (adata.obs["qc_low_counts"] == low).all()
     assert adata.uns["stimage_qc"]["threshold_source"]["min_counts"] == "fixed"
     n_before = sdata["table"].n_obs
-    removed = ssd.pp.filter(sdata)
-    assert removed == adata.obs["qc_outlier"].sum() > 0
-    assert sdata["table"].n_obs == n_before - removed
+    flagged = int(adata.obs["qc_outlier"].sum())
+    assert flagged > 0
+    kept = ssd.pp.filter_spots(sdata, copy=True)  # a copy: sdata keeps every spot
+    assert sdata["table"].n_obs == n_before and kept.n_obs == n_before - flagged
+    assert ssd.pp.filter_spots(sdata) is None
+    assert sdata["table"].n_obs == n_before - flagged
     assert not sdata["table"].obs["qc_outlier"].any()
-    # an AnnData is filtered in place
+    assert (sdata["table"].obs_names == kept.obs_names).all()
+    # an AnnData cannot be subset in place with AnnData's public API: copy=True
     table = read(store)["table"]
     ssd.pp.qc(table, min_genes=1e9)
-    assert ssd.pp.filter(table) == n_before and table.n_obs == 0
+    with pytest.raises(ValueError, match="copy=True"):
+        ssd.pp.filter_spots(table)
+    assert table.n_obs == n_before
+    assert ssd.pp.filter_spots(table, copy=True).n_obs == 0
 
 
 def test_normalize_keeps_counts_and_is_repeatable(analysed, analysis_slides):
@@ -256,6 +263,7 @@ def test_spatial_graph_falls_back_on_irregular_layouts(analysis_slides):
 # --- figures and legacy AnnData -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pl_spatial_over_the_image_in_both_coordinate_systems(analysed, tmp_path):
     import matplotlib.pyplot as plt
 
@@ -339,6 +347,7 @@ def test_replace_table_writes_results_back(store_copy):
     assert "tables/table/obs/qc_outlier" in group.metadata.consolidated_metadata.flattened_metadata
 
 
+@pytest.mark.slow
 def test_interrupted_replacement_is_detected_and_recovered(store_copy):
     """Reproduce the store at each point where a SIGKILL can stop replace_table."""
     import spatialdata as sd

@@ -9,26 +9,15 @@ from __future__ import annotations
 
 import logging
 
-import click
 import typer
 
+from .._compat import click_exception_classes
 from .._logging import set_progress
 from ..errors import StimageError
 
-try:  # typer >= 0.2x vendors its own copy of click
-    from typer._click import exceptions as _tcx
-except ImportError:  # pragma: no cover - older typer uses click itself
-    _tcx = click.exceptions
-
-
-def _classes(name: str, *extra: type) -> tuple[type, ...]:
-    found = {getattr(mod, name) for mod in (click.exceptions, _tcx) if hasattr(mod, name)}
-    return tuple(found | set(extra))
-
-
-_CLICK_ERRORS = _classes("ClickException")
-_ABORTS = _classes("Abort", typer.Abort)
-_EXITS = _classes("Exit", typer.Exit)
+_CLICK_ERRORS = click_exception_classes("ClickException")
+_ABORTS = (*click_exception_classes("Abort"), typer.Abort)
+_EXITS = (*click_exception_classes("Exit"), typer.Exit)
 
 app = typer.Typer(
     name="stimage-sd",
@@ -47,7 +36,12 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; warnings and errors only."),
+    quiet: bool = typer.Option(
+        False,
+        "--quiet",
+        "-q",
+        help="No progress bars; warnings and errors only. Goes before the command: stimage-sd -q convert ROOT OUT.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
 ) -> None:
     """Configure logging and progress bars for every subcommand."""
@@ -78,14 +72,7 @@ def _stderr_console():
 
 
 # register subcommands (each module adds its commands to ``app``)
-from . import _convert  # noqa: E402, F401
-
-for _mod in ("_catalog", "_analyze", "_patches", "_validate", "_view"):
-    try:
-        __import__(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _e:  # pragma: no cover - module not written yet
-        if _e.name != f"{__name__}.{_mod}":
-            raise
+from . import _analyze, _catalog, _convert, _patches, _publish, _validate, _view  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ _SOURCE_HELP = (
     "repository; fetched once, then cached)."
 )
 _TABLE_COLUMNS = ("tech", "species", "tissue", "spot_num", "annotated", "study", "size_total")
+_RESOLUTION_TABLE = ("um_per_px", "magnification", "spot_pitch_px", "image_width", "image_height", "fov_width_mm", "fov_height_mm")
 
 
 def _load(source: str, revision: str | None = None):
@@ -35,6 +36,8 @@ def _missing(v) -> bool:
 
 
 def _cell(v) -> str:
+    if isinstance(v, float) and not _missing(v):
+        return f"{v:.4g}"
     return "" if _missing(v) else str(v)
 
 
@@ -122,11 +125,14 @@ def catalog(
     summary: Annotated[bool, typer.Option("--summary", help="Counts per tech, species and tissue instead of one row per slide.")] = False,
     columns: Annotated[str | None, typer.Option("--columns", help="Comma-separated columns to show (default: a short set for tables, all for csv/json).")] = None,
     revision: Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit (with --source hub).")] = None,
+    resolution: Annotated[bool, typer.Option("--resolution", help="Add µm/px, spot pitch, image size, field of view and magnification (10 / µm per px: 0.25 ≈ 40x, 0.5 ≈ 20x). From the hub only the coordinate files and the image headers are fetched; results are cached.")] = False,
 ) -> None:
     """List slides of the STimage-1K4M catalogue, filtered.
 
     Examples:
       stimage-sd catalog --species human --tissue brain --tech Visium --annotated
+
+      stimage-sd catalog --resolution --tech Visium --max-um-per-px 0.5
 
       stimage-sd catalog --source ./release --tech ST --format csv > st.csv
 
@@ -136,6 +142,8 @@ def catalog(
     if fmt not in ("table", "csv", "json"):
         raise StimageError(f"--format: unknown format {fmt!r} (table, csv or json)")
     cat = filters.apply(_load(source, revision))
+    if resolution and "um_per_px" not in cat.table.columns:
+        cat = cat.with_resolution(revision=revision)
     if summary:
         _print_summary(cat, fmt)
         return
@@ -147,6 +155,8 @@ def catalog(
             raise StimageError(f"--columns: unknown column(s) {unknown}; columns: {', '.join(t.columns)}")
     else:
         cols = list(_TABLE_COLUMNS) if fmt == "table" else list(t.columns)
+        if fmt == "table" and "um_per_px" in t.columns:
+            cols = [c for c in cols if c != "study"] + list(_RESOLUTION_TABLE)
     if fmt == "table":
         _print_table(cat, cols)
     elif fmt == "csv":

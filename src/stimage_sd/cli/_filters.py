@@ -2,8 +2,8 @@
 
 Decorate a typer command with :func:`filter_options`; it adds ``--species``, ``--tissue``,
 ``--tech``, ``--cancer/--no-cancer``, ``--min-spots``, ``--max-spots``,
-``--annotated/--not-annotated``, ``--study``, ``--text``, ``--slide`` and
-``--slides-file``/``--split`` to the command and hands the command one
+``--annotated/--not-annotated``, ``--study``, ``--text``, ``--min-um-per-px``,
+``--max-um-per-px``, ``--slide`` and ``--slides-file``/``--split`` to the command and hands the command one
 :class:`CatalogFilter` in its ``filters`` parameter::
 
     @app.command()
@@ -46,6 +46,8 @@ class CatalogFilter:
     annotated: bool | None = None
     study: list[str] | None = None
     text: list[str] | None = None
+    min_um_per_px: float | None = None
+    max_um_per_px: float | None = None
     slide: list[str] | None = None
     slides_file: Path | None = None
     split: str | None = None
@@ -68,7 +70,7 @@ class CatalogFilter:
             v = getattr(self, name)
             if v:
                 out[name] = v if name == "text" else _split_commas(v)
-        for name in ("cancer", "min_spots", "max_spots", "annotated"):
+        for name in ("cancer", "min_spots", "max_spots", "annotated", "min_um_per_px", "max_um_per_px"):
             v = getattr(self, name)
             if v is not None:
                 out[name] = v
@@ -84,9 +86,25 @@ class CatalogFilter:
         """Whether any selection is set."""
         return self.needs_catalogue or self.slide_ids() is not None
 
+    @property
+    def needs_resolution(self) -> bool:
+        """Whether a µm-per-pixel bound is set (the resolution index is needed)."""
+        return self.min_um_per_px is not None or self.max_um_per_px is not None
+
     def apply(self, catalog):
-        """Filter a :class:`~stimage_sd.hub.Catalog`; returns the filtered catalogue."""
-        return catalog.filter(slides=self.slide_ids(), **self.catalogue_kwargs())
+        """Filter a :class:`~stimage_sd.hub.Catalog`; returns the filtered catalogue.
+
+        µm-per-pixel bounds are applied last, after the resolution index was computed (or
+        read from its cache) for the slides the other filters kept only.
+        """
+        kwargs = self.catalogue_kwargs()
+        um = {k: kwargs.pop(k) for k in ("min_um_per_px", "max_um_per_px") if k in kwargs}
+        cat = catalog.filter(slides=self.slide_ids(), **kwargs)
+        if um:
+            if "um_per_px" not in cat.table.columns:
+                cat = cat.with_resolution()
+            cat = cat.filter(**um)
+        return cat
 
 
 def _split_commas(values: list[str]) -> list[str]:
@@ -166,6 +184,8 @@ def _options() -> dict[str, tuple[Any, Any]]:
         "annotated": (Annotated[bool | None, opt("--annotated/--not-annotated", help="Only slides with / without pathologist annotation.")], None),
         "study": (Annotated[list[str] | None, opt("--study", help="Study to keep: GEO series (GSE144239) or Species_Tissue_Author_Date (repeatable).")], None),
         "text": (Annotated[list[str] | None, opt("--text", help="Case-insensitive text that title, abstract or keywords must contain (repeatable: all must match).")], None),
+        "min_um_per_px": (Annotated[float | None, opt("--min-um-per-px", help="Keep slides with at least this many µm per pixel (estimated from the coordinate files; see 'catalog --resolution').")], None),
+        "max_um_per_px": (Annotated[float | None, opt("--max-um-per-px", help="Keep slides with at most this many µm per pixel, e.g. 0.5 for 20x or finer.")], None),
         "slide": (Annotated[list[str] | None, opt("--slide", "-s", help="Slide id, verbatim (repeatable or comma-separated).")], None),
         "slides_file": (Annotated[Path | None, opt("--slides-file", help="File of slide ids: one per line, or a split file from 'stimage-sd split'.")], None),
         "split": (Annotated[str | None, opt("--split", help="With --slides-file: only the slides of this split (train, val, test).")], None),

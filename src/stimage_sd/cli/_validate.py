@@ -13,10 +13,16 @@ def _is_store(path: Path) -> bool:
     return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
 
 
-def _expand(paths: list[Path]) -> list[Path]:
-    """Stores named on the command line; a folder that is not a store stands for its ``*.zarr``."""
-    out: list[Path] = []
-    for p in paths:
+def _expand(paths: list[str]) -> list[Path | str]:
+    """Stores named on the command line; a folder that is not a store stands for its ``*.zarr``; URLs are kept."""
+    from ..io._remote import is_url
+
+    out: list[Path | str] = []
+    for item in paths:
+        if is_url(item):
+            out.append(item)
+            continue
+        p = Path(item)
         if p.is_dir() and not _is_store(p) and p.suffix != ".zarr":
             found = sorted(q for q in p.glob("*.zarr") if q.is_dir())
             out.extend(found if found else [p])
@@ -38,7 +44,7 @@ def _validate_one(iso, validate_store, path: Path, source: Path | None, checksum
 
 @app.command()
 def validate(
-    stores: list[Path] = typer.Argument(..., help="Stores (OUT/<slide>.zarr), or folders holding them."),
+    stores: list[str] = typer.Argument(..., help="Stores (OUT/<slide>.zarr), folders holding them, or store URLs (hf://datasets/<repo>/<slide>.zarr, s3://, https://)."),
     source: Path | None = typer.Option(
         None, "--source", help="Dataset root the stores were converted from: also compare spot ids, "
         "per-spot count totals, every count and gene names with the release files.",

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
 from .._logging import logger
 from ..io._layout import SlideFiles
+from ..io._transaction import atomic_path
 from ._counts_writer import write_counts
 from ._genes import GenePanel, build_genes
 from ._geometry import Layout, build_layout
@@ -27,19 +26,6 @@ from ._tables import (
 __all__ = ["make_release", "make_slide", "slide_truth", "write_metadata"]
 
 METADATA_FILENAME = "meta_all_gene02122025.csv"
-
-
-@contextmanager
-def _atomic(path: Path):
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _truth(root: Path, spec: SlideSpec, layout: Layout, genes: GenePanel) -> SlideTruth:
@@ -120,15 +106,15 @@ def make_slide(root: str | Path, spec: SlideSpec, *, progress: bool | None = Fal
     genes = build_genes(spec)
     logger.info("generating %s (%s): %d spots, %d genes, image %dx%d",
                 spec.slide, spec.tech, len(layout.ids), len(genes.names), layout.width, layout.height)
-    with _atomic(files.image) as tmp:
+    with atomic_path(files.image) as tmp:
         write_image(tmp, spec, layout)
-    with _atomic(files.coord) as tmp:
+    with atomic_path(files.coord) as tmp:
         write_coords(tmp, layout)
-    with _atomic(files.counts) as tmp:
+    with atomic_path(files.counts) as tmp:
         write_counts(tmp, spec, layout, genes, progress=progress)
     anno = root / "annotation" / f"{spec.slide}_anno.csv"
     if spec.annotate:
-        with _atomic(anno) as tmp:
+        with atomic_path(anno) as tmp:
             write_annotation(tmp, spec, layout, default_domain_names(spec))
     elif anno.exists():
         anno.unlink()
@@ -179,7 +165,7 @@ def write_metadata(
             spec, n = s, len(build_layout(s).ids)
         rows.append(metadata_row(spec, n))
     path = Path(root) / "meta" / filename
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         write_metadata_rows(tmp, rows, sep=sep)
     return path
 

@@ -16,19 +16,30 @@ from ._download import (
     list_release,
     plan_download,
 )
+from ._publish import PublishPlan, dataset_card, publish
+from ._remote import read_store, storage_options, store_url
+from ._resolution import RESOLUTION_COLUMNS, magnification
 
 __all__ = [
     "DEFAULT_CONFIRM_BYTES",
     "REPO_ID",
     "REPO_TYPE",
+    "RESOLUTION_COLUMNS",
     "Catalog",
     "DownloadPlan",
     "Listing",
+    "PublishPlan",
     "RemoteFile",
+    "dataset_card",
     "download",
     "format_bytes",
     "is_offline",
     "list_release",
+    "magnification",
     "plan_download",
+    "publish",
+    "read_store",
+    "storage_options",
+    "store_url",
     "study_of",
 ]

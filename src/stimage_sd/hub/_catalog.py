@@ -334,6 +334,8 @@ class Catalog:
         study: str | Sequence[str] | None = None,
         text: str | Sequence[str] | None = None,
         slides: str | Sequence[str] | None = None,
+        min_um_per_px: float | None = None,
+        max_um_per_px: float | None = None,
     ) -> Catalog:
         """Slides matching every given criterion (``None`` = no constraint).
 
@@ -355,6 +357,9 @@ class Catalog:
             every one must occur.
         slides
             Slide id or ids to keep (close matches suggested for unknown ones).
+        min_um_per_px, max_um_per_px
+            Inclusive bounds on the estimated pixel size (needs the ``um_per_px`` column:
+            :meth:`with_resolution`); slides without an estimate are dropped.
 
         Raises
         ------
@@ -402,6 +407,17 @@ class Catalog:
             blob = t[list(_TEXT_COLUMNS)].fillna("").astype(str).agg(" ".join, axis=1).str.lower()
             for term in _as_list(text):
                 keep &= blob.str.contains(term.lower(), regex=False)
+        if min_um_per_px is not None or max_um_per_px is not None:
+            if "um_per_px" not in t.columns:
+                raise StimageError(
+                    "filtering by µm per pixel needs the resolution index: call Catalog.with_resolution() "
+                    "first (command line: --resolution)"
+                )
+            um = t["um_per_px"].astype("float64")
+            if min_um_per_px is not None:
+                keep &= (um >= float(min_um_per_px)).fillna(False).astype(bool)
+            if max_um_per_px is not None:
+                keep &= (um <= float(max_um_per_px)).fillna(False).astype(bool)
         out = t[keep.to_numpy()]
         if slides is not None:
             ids = _as_list(slides)
@@ -410,6 +426,69 @@ class Catalog:
                 raise slide_not_found(missing, self._universe.index, f"the catalogue ({self.source})")
             out = out[out.index.isin(ids)]
         return self._derive(out)
+
+    # ------------------------------------------------------------------ resolution
+    def with_resolution(
+        self,
+        *,
+        root: str | Path | None = None,
+        images: bool = True,
+        refresh: bool = False,
+        revision: str | None = None,
+        endpoint: str | None = None,
+        token: str | bool | None = None,
+        offline: bool | None = None,
+        progress: bool | None = None,
+    ) -> Catalog:
+        """The catalogue with each slide's resolution: µm/px, spot pitch, field of view, magnification.
+
+        The pixel size is estimated (:func:`stimage_sd.io.estimate_pixel_size`) from the
+        coordinate file alone. For a hub catalogue only the coordinate files are fetched
+        (through :func:`~stimage_sd.hub.download`: resumable, checked, kept in ``root``);
+        image sizes come from a ranged read of each image's header, never the whole
+        image. For a local root, its files are read. Results are cached in
+        ``<root>/.stimage_sd/resolution.json`` and recomputed only for changed files.
+
+        Added columns: ``um_per_px``, ``scale_method`` (``"pitch"`` or ``"radius"``),
+        ``spot_pitch_px``, ``image_width``, ``image_height``, ``image_format``,
+        ``fov_width_mm``, ``fov_height_mm`` and ``magnification``
+        (``10 / um_per_px``: 0.25 µm/px ≈ 40x, 0.5 µm/px ≈ 20x).
+
+        Parameters
+        ----------
+        root
+            Hub catalogue: folder for the coordinate files and the cache (default: under
+            the Hugging Face cache, ``<HF_HUB_CACHE>/stimage_sd/datasets--<repo>``).
+            Ignored for a local catalogue (its own root is used).
+        images
+            Also read image headers (sizes, field of view).
+        refresh
+            Ignore the cache.
+        revision, endpoint, token, offline
+            Hub access, as in :func:`~stimage_sd.hub.download`. Offline, cached values and
+            coordinate files already in ``root`` are used.
+        progress
+            Progress bar (``None``: the global setting).
+
+        Returns
+        -------
+        A new :class:`Catalog` with the columns above (``NaN``/``<NA>`` where unknown).
+
+        Examples
+        --------
+        >>> import stimage_sd as ssd
+        >>> cat = ssd.hub.Catalog.from_root(ssd.datasets.sample("stimage_sample")).with_resolution()
+        >>> cat.filter(max_um_per_px=1.0).table[["um_per_px", "magnification"]]  # doctest: +SKIP
+        """
+        from ._resolution import RESOLUTION_COLUMNS, resolution_index
+
+        res = resolution_index(
+            self, root=root, images=images, refresh=refresh, revision=revision, endpoint=endpoint,
+            token=token, offline=offline, progress=progress,
+        )
+        table = self._table.drop(columns=[c for c in RESOLUTION_COLUMNS if c in self._table.columns])
+        table = table.join(res[list(RESOLUTION_COLUMNS)])
+        return self._derive(table)
 
     # ------------------------------------------------------------------ summaries
     def counts(self, by: str = "tech") -> pd.DataFrame:

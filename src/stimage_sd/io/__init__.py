@@ -17,6 +17,7 @@ from ._build import build_sdata, read_slide
 from ._convert import convert_slide, store_path
 from ._coords import read_coords
 from ._counts import Counts, read_counts
+from ._header import ImageHeader, read_image_header
 from ._image import read_image, sniff_image_format, to_rgb8
 from ._layout import SlideFiles, find_metadata, find_slide, list_slides, validate_slide_id
 from ._legacy import to_legacy_anndata
@@ -28,6 +29,7 @@ from ._validate import Problem, ValidationReport, validate
 
 __all__ = [
     "Counts",
+    "ImageHeader",
     "PixelSize",
     "Problem",
     "SlideFiles",
@@ -44,6 +46,7 @@ __all__ = [
     "read_coords",
     "read_counts",
     "read_image",
+    "read_image_header",
     "read_metadata",
     "read_slide",
     "recover_store",

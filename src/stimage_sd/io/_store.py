@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,13 +10,12 @@ from ..errors import IncompleteStoreError, StimageError
 from ._checksums import CHECKSUM_KEY, SCHEME, table_record
 from ._transaction import (
     MARKER,
-    TRASH_TAG,
     _update_root_attrs,
+    atomic_path,
     consolidate,
     is_complete,
     set_marker,
     store_lock,
-    temp_sibling,
 )
 
 if TYPE_CHECKING:
@@ -80,25 +77,13 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
 def _write(sdata: SpatialData, path: Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise StimageError(f"{path} already exists (use overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
     attrs = dict(sdata.attrs.get(UNS_KEY, {}))
     attrs[MARKER] = False
     sdata.attrs[UNS_KEY] = attrs
-    try:
+    with atomic_path(path) as tmp:  # an existing store is swapped out through a trash sibling
         record = _write_elements(sdata, tmp)
         _update_root_attrs(tmp, {CHECKSUM_KEY: record})
         set_marker(tmp, True)
-        if path.exists():
-            trash = temp_sibling(path, TRASH_TAG)
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     sdata.attrs[UNS_KEY][MARKER] = True
     return path
 
@@ -141,18 +126,32 @@ def _record_tables(record: dict, sdata: SpatialData, store: Path) -> None:
             record["tables"][key] = entry
 
 
-def read(path: str | Path, *, selection: tuple[str, ...] | None = None, check: bool = True) -> SpatialData:
-    """Read a converted slide back.
+def read(
+    path: str | Path,
+    *,
+    selection: tuple[str, ...] | None = None,
+    check: bool = True,
+    storage_options: dict | None = None,
+) -> SpatialData:
+    """Read a converted slide back, from a folder or from any fsspec URL.
+
+    A URL (``hf://datasets/<repo>/<slide>.zarr``, ``s3://...``, ``https://...``,
+    ``file://...``) is opened lazily: the table and the shapes are read, image chunks are
+    fetched when a computation touches them (see :doc:`/remote`).
 
     Parameters
     ----------
     path
-        A ``.zarr`` store written by :func:`stimage_sd.io.convert_slide`.
+        A ``.zarr`` store written by :func:`stimage_sd.io.convert_slide`, or its URL.
     selection
         Element types to read (``("images", "shapes", "tables")``), as in
         :func:`spatialdata.read_zarr`.
     check
         Refuse a store without the completion marker.
+    storage_options
+        fsspec filesystem options for a URL (credentials, ``endpoint``, ``token``); for
+        ``hf://`` use :func:`stimage_sd.hub.storage_options`. ``None``: fsspec's defaults
+        (``hf://``: ``HF_ENDPOINT``/``HF_TOKEN`` from the environment).
 
     Returns
     -------
@@ -169,9 +168,14 @@ def read(path: str | Path, *, selection: tuple[str, ...] | None = None, check: b
     >>> root = ssd.datasets.sample("stimage_sample")
     >>> sdata = ssd.io.read(ssd.io.convert_slide(root, "GSE000001_GSM0000001", "stores"))
     >>> tables = ssd.io.read("stores/GSE000001_GSM0000001.zarr", selection=("tables",))
+    >>> remote = ssd.io.read("hf://datasets/<user>/<repo>/GSE000001_GSM0000001.zarr")  # doctest: +SKIP
     """
     import spatialdata as sd
 
+    from ._remote import is_url, read_remote
+
+    if is_url(path):
+        return read_remote(str(path), selection=selection, check=check, storage_options=storage_options)
     path = Path(path)
     if not path.is_dir():
         raise StimageError(f"{path}: no such store")

@@ -153,8 +153,10 @@ def temp_sibling(path: str | Path, tag: str = TMP_TAG, kind: str = "") -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` and rename it onto ``path`` if the block succeeds.
 
-    Works for a file or a folder written at the yielded path. On an exception the
-    temporary is removed and ``path`` is left as it was.
+    Works for a file or a folder written at the yielded path. An existing folder at
+    ``path`` is first renamed to a trash sibling (``.<name>.trash-<id>``; two renames on one
+    file system) and removed after the new one is in place. On an exception the temporary
+    is removed and ``path`` is left as it was.
 
     Parameters
     ----------
@@ -175,7 +177,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = temp_sibling(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        if path.is_dir() and not path.is_symlink():
+            trash = temp_sibling(path, TRASH_TAG)
+            os.replace(path, trash)
+            os.replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     finally:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -244,7 +252,7 @@ def is_complete(path: str | Path) -> bool:
     Parameters
     ----------
     path
-        A ``.zarr`` store folder (it need not exist).
+        A ``.zarr`` store folder (it need not exist), or its fsspec URL (one metadata read).
 
     Returns
     -------
@@ -260,6 +268,10 @@ def is_complete(path: str | Path) -> bool:
     >>> ssd.io.is_complete(store)
     True
     """
+    from ._remote import is_url, remote_is_complete
+
+    if is_url(path):
+        return remote_is_complete(str(path))
     path = Path(path)
     if not path.is_dir():
         return False

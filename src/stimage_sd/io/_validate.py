@@ -46,7 +46,8 @@ class Problem:
     ----------
     check
         What was checked: ``"store"``, ``"marker"``, ``"elements"``, ``"table"``,
-        ``"shapes"``, ``"image"``, ``"link"``, ``"coordinates"``, ``"metadata"`` or, against
+        ``"shapes"``, ``"image"``, ``"link"``, ``"coordinates"``, ``"metadata"``,
+        ``"scale"`` or, against
         the release files, ``"source"``, ``"spots"``, ``"genes"``, ``"counts"``.
     message
         What is wrong, naming the spot, gene or element.
@@ -77,7 +78,7 @@ class ValidationReport:
         Names of the checks that were run.
     """
 
-    path: Path
+    path: Path | str
     source: Path | None = None
     slide: str | None = None
     problems: list[Problem] = field(default_factory=list)
@@ -128,6 +129,7 @@ def validate(
     *,
     checksums: bool = True,
     progress: bool | None = None,
+    storage_options: dict | None = None,
 ) -> ValidationReport:
     """Check a converted slide against the data contract and, optionally, its release files.
 
@@ -155,7 +157,13 @@ def validate(
     - **coordinates**: ``"global"`` is the identity for image and shapes; ``"micron"``
       scales by the recorded µm/px when one was estimated;
     - **metadata**: ``uns["stimage"]`` agrees with the table (slide, spot and gene counts)
-      and with ``attrs["stimage"]``.
+      and with ``attrs["stimage"]``;
+    - **scale**: the recorded µm/px agrees within 10 % with the pixel size the store's own
+      spot geometry gives (:func:`~stimage_sd.io.estimate_pixel_size` on ``obsm["spatial"]``
+      and the recorded radius), unless ``uns["stimage"]["pixel_size"]`` records a reason for
+      a value the geometry does not back (decision ``"radius"``, ``"pitch-only"`` or
+      ``"none"``). Catches stores converted with the nearest-neighbour estimate, which was
+      up to 2.7x off on sparse slides.
 
     With ``source`` (the dataset root the slide was converted from), also:
 
@@ -171,7 +179,9 @@ def validate(
     Parameters
     ----------
     path
-        A ``.zarr`` store written by :func:`~stimage_sd.io.convert_slide`.
+        A ``.zarr`` store written by :func:`~stimage_sd.io.convert_slide`, or its fsspec URL
+        (``hf://``, ``s3://``, ``https://``; the store checks read metadata, table, shapes and
+        the smallest image level only).
     source
         Dataset root in the release layout, to compare with.
     checksums
@@ -179,19 +189,31 @@ def validate(
         of the release files (sizes are always compared).
     progress
         Progress bar while streaming the count file (``None``: the global setting).
+    storage_options
+        fsspec options for a URL (see :func:`stimage_sd.io.read`).
 
     Returns
     -------
     A :class:`ValidationReport`; ``report.ok`` tells whether the store is valid.
     """
-    path = Path(path)
-    report = ValidationReport(path=path, source=None if source is None else Path(source))
-    if not path.is_dir():
-        report.add("store", "no such store (not a folder)")
-        return report
+    from ._remote import is_url, read_remote, remote_attrs
     from ._transaction import MARKER, store_attrs
 
-    attrs = store_attrs(path)
+    remote = is_url(path)
+    if not remote:
+        path = Path(path)
+    report = ValidationReport(path=path, source=None if source is None else Path(source))
+    if remote:
+        try:
+            attrs = remote_attrs(str(path), storage_options=storage_options)
+        except StimageError as e:
+            report.add("store", str(e))
+            return report
+    elif not path.is_dir():
+        report.add("store", "no such store (not a folder)")
+        return report
+    else:
+        attrs = store_attrs(path)
     report.checks.append("marker")
     if not attrs:
         report.add("marker", "not a stimage_sd store: no attrs['stimage'] on the root group")
@@ -207,10 +229,11 @@ def validate(
     # structure first, from the Zarr arrays themselves: native code (scipy) must never see
     # a CSR matrix whose indices point outside it
     damaged: set[str] = set()
-    with _guard(report, "structure"):
-        damaged = _check_structure(report, path)
+    if not remote:  # (a store at a URL: structure, checksums and pixels are checked locally only)
+        with _guard(report, "structure"):
+            damaged = _check_structure(report, path)
     try:
-        sdata = sd.read_zarr(path)
+        sdata = read_remote(str(path), check=False, storage_options=storage_options) if remote else sd.read_zarr(path)
     except Exception as e:
         report.add("store", f"spatialdata cannot read it: {type(e).__name__}: {e}")
         return report
@@ -235,6 +258,8 @@ def validate(
     if table is not None and TABLE_KEY not in damaged:
         with _guard(report, "table"):
             _check_table(report, table, meta)
+        with _guard(report, "scale"):
+            _check_scale(report, table, meta)
         with _guard(report, "metadata"):
             _check_metadata(report, table, meta, attrs)
     if shapes is not None:
@@ -248,7 +273,7 @@ def validate(
             _check_image(report, image, meta)
     with _guard(report, "coordinates"):
         _check_coordinates(report, {k: v for k, v in ((IMAGE_KEY, image), (SHAPES_KEY, shapes)) if v is not None}, meta)
-    if checksums:
+    if checksums and not remote:
         with _guard(report, "checksums"):
             _check_checksums(report, path, attrs, sdata, damaged)
 
@@ -256,7 +281,7 @@ def validate(
         with _guard(report, "source"):
             _check_source(report, Path(source), table, meta, checksums=checksums, progress=progress,
                           damaged=TABLE_KEY in damaged)
-        if image is not None and "image_shape" in meta:
+        if image is not None and "image_shape" in meta and not remote:
             with _guard(report, "pixels"):
                 _check_pixels(report, Path(source), path, meta, progress=progress)
     logger.debug("validated %s: %d problem(s)", path, len(report.problems))
@@ -329,6 +354,58 @@ def _check_table(report: ValidationReport, table: Any, meta: dict) -> None:
         elif not np.isfinite(spatial).all():
             i = int(np.flatnonzero(~np.isfinite(spatial).all(axis=1))[0])
             report.add("table", f"obsm['spatial'] is not finite for spot {table.obs_names[i]!r}")
+
+
+#: Recorded decisions that explain a scale the geometry does not back.
+_UNBACKED_DECISIONS = ("radius", "pitch-only", "none")
+
+
+def _check_scale(report: ValidationReport, table: Any, meta: dict) -> None:
+    from .._constants import GEOMETRY, SCALE_DISAGREEMENT_WARN
+    from ._scale import estimate_pixel_size
+
+    tech = meta.get("tech")
+    try:
+        ump = float(meta.get("um_per_px"))
+    except (TypeError, ValueError):
+        return
+    spatial = table.obsm.get("spatial")
+    if tech not in GEOMETRY or not math.isfinite(ump) or ump <= 0 or spatial is None:
+        return
+    try:
+        radius = float(meta.get("spot_radius_px", "nan"))
+    except (TypeError, ValueError):
+        radius = float("nan")
+    xy = np.asarray(spatial, dtype=np.float64)
+    ids = list(table.obs_names) if tech == "ST" else None
+    est = estimate_pixel_size(xy, radius, tech, spot_ids=ids, source=str(meta.get("slide", "")), log=False)
+    if not (math.isfinite(est.um_per_px) and est.um_per_px > 0):
+        return
+    off = abs(ump - est.um_per_px) / est.um_per_px
+    if off <= SCALE_DISAGREEMENT_WARN:
+        return
+    rec = meta.get("pixel_size")
+    rec = rec if isinstance(rec, dict) else {}
+    explained = (
+        bool(str(rec.get("reason", "") or "").strip())
+        and rec.get("decision") in _UNBACKED_DECISIONS
+        and _close(rec.get("um_per_px"), ump)
+    )
+    if explained:
+        return
+    report.add(
+        "scale",
+        f"the micron scale {ump:.4g} µm/px is inconsistent with the store's own spot geometry: "
+        f"{est.um_per_px:.4g} µm/px ({100 * off:.0f} % apart; {est.reason}) and no reason is recorded in "
+        f"uns[{UNS_KEY!r}]['pixel_size']; convert the slide again",
+    )
+
+
+def _close(a: Any, b: float) -> bool:
+    try:
+        return math.isclose(float(a), b, rel_tol=1e-6)
+    except (TypeError, ValueError):
+        return False
 
 
 def _check_metadata(report: ValidationReport, table: Any, meta: dict, attrs: dict) -> None:

@@ -69,7 +69,8 @@ class SlideImage:
     Parameters
     ----------
     store
-        Path of a converted slide (``<slide>.zarr``).
+        Path of a converted slide (``<slide>.zarr``), or its fsspec URL (``hf://``,
+        ``s3://``, ``https://``: only the chunks a patch covers are fetched).
     key
         Image element name.
     cache_bytes
@@ -77,7 +78,9 @@ class SlideImage:
     """
 
     def __init__(self, store: str | Path, key: str = IMAGE_KEY, cache_bytes: int = 192 << 20):
-        self.store = Path(store)
+        from ..io._remote import is_url
+
+        self.store: Path | str = str(store) if is_url(store) else Path(store)
         self.key = key
         self.cache_bytes = int(cache_bytes)
         self._state: dict[str, Any] | None = None
@@ -92,9 +95,15 @@ class SlideImage:
             return self._state
         import zarr
 
-        path = self.store / "images" / self.key
+        from ..io._remote import is_url, open_group
+
+        remote = is_url(self.store)
+        path = f"{self.store}/images/{self.key}" if remote else self.store / "images" / self.key
         try:
-            group = zarr.open_group(str(path), mode="r")
+            if remote:
+                group = open_group(str(self.store), path=f"images/{self.key}")
+            else:
+                group = zarr.open_group(str(path), mode="r")
         except Exception as e:
             raise StimageError(f"{self.store}: no image element {self.key!r} ({e})") from None
         attrs = group.attrs.asdict()

@@ -8,9 +8,6 @@ open, rows past the last recorded slide (an interrupted append) are cut off.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from .. import __version__
 from .._logging import logger
 from .._utils import cpu_count
 from ..errors import StimageError
+from ..io._transaction import atomic_path
 from ._shards import shard_writer
 
 __all__ = [
@@ -230,11 +228,9 @@ class PatchWriter:
         path = Path(path)
         if path.exists():
             raise StimageError(f"{path} already exists")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         codec = check_compression(compression)
         comp = {"compressors": codec} if codec is not None else {"compressors": None}
-        try:
+        with atomic_path(path) as tmp:
             g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             g.create_array(
                 "patches",
@@ -274,10 +270,6 @@ class PatchWriter:
                 "n": 0,
                 "slides": [],
             }
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return cls(path)
 
     # ------------------------------------------------------------------ state

@@ -14,14 +14,14 @@ result like any shard; anything else falls back to a normal Zarr write.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..io._transaction import atomic_path
 
 __all__ = ["shard_writer"]
 
@@ -106,13 +106,10 @@ def shard_writer(arr: Any) -> Callable[[int, np.ndarray, Executor | None], None]
         crc = np.array([google_crc32c.value(index)], dtype="<u4").tobytes()
         key = arr.metadata.encode_chunk_key((shard,) + (0,) * (len(shard_shape) - 1))
         path = root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             for p in parts:
                 fh.write(p)
             fh.write(index)
             fh.write(crc)
-        os.replace(tmp, path)
 
     return write

@@ -34,8 +34,11 @@ TARGET_SUM = 1e4
 def resolve_stores(stores: str | Path | Iterable[str | Path] | Mapping[Any, str | Path]) -> list[Path]:
     """Store paths from a path, a folder of ``*.zarr`` stores, a list, or a ``{slide: path}`` dict.
 
-    Duplicates are removed, order is kept.
+    Store URLs (``hf://``, ``s3://``, ``https://``...) are kept as strings. Duplicates are
+    removed, order is kept.
     """
+    from ..io._remote import is_url
+
     if isinstance(stores, Mapping):
         items: list[Any] = list(stores.values())
     elif isinstance(stores, str | Path):
@@ -44,6 +47,9 @@ def resolve_stores(stores: str | Path | Iterable[str | Path] | Mapping[Any, str 
         items = list(stores)
     out: list[Path] = []
     for item in items:
+        if is_url(item):
+            out.append(str(item).rstrip("/"))
+            continue
         p = Path(item)
         if p.is_dir() and p.suffix != ".zarr" and not (p / "zarr.json").exists() and not (p / ".zgroup").exists():
             children = sorted(c for c in p.iterdir() if c.suffix == ".zarr" and c.is_dir() and not c.name.startswith("."))
@@ -63,13 +69,17 @@ def slide_header(path: Path) -> dict[str, Any]:
     StimageError
         If ``path`` is not a complete converted store.
     """
-    from ..io._transaction import is_complete, store_attrs
+    from ..io._remote import is_url, remote_attrs
+    from ..io._transaction import MARKER, store_attrs
 
-    if not path.is_dir():
+    if is_url(path):
+        a = remote_attrs(str(path))
+    elif not Path(path).is_dir():
         raise StimageError(f"{path}: no such store")
-    if not is_complete(path):
+    else:
+        a = store_attrs(path)
+    if not a.get(MARKER, False):
         raise StimageError(f"{path}: not a complete converted slide (no completion marker); convert it again")
-    a = store_attrs(path)
     if "slide" not in a:
         raise StimageError(f"{path}: store has no 'stimage' slide metadata")
     return {
@@ -112,7 +122,7 @@ class SlideSource:
         The slide's :class:`~stimage_sd.ml._image.SlideImage`.
     """
 
-    store: Path
+    store: Path | str
     slide: str
     tech: str
     um_per_px: float
@@ -130,9 +140,10 @@ class SlideSource:
         """Read the table of a converted slide (the image stays on disk)."""
         import scipy.sparse as sp
 
+        from ..io._remote import is_url
         from ..io._store import read
 
-        path = Path(path)
+        path = str(path) if is_url(path) else Path(path)
         with warnings.catch_warnings():
             # only the table is read: its "spots" region is deliberately left out
             warnings.filterwarnings("ignore", message="The table is annotating", category=UserWarning)
@@ -149,7 +160,7 @@ class SlideSource:
         X = sp.csr_matrix(X) if not sp.issparse(X) else X.tocsr()
         return cls(
             store=path,
-            slide=str(meta.get("slide", path.stem)),
+            slide=str(meta.get("slide", Path(str(path)).stem)),
             tech=str(meta.get("tech", "")),
             um_per_px=_as_float(meta.get("um_per_px")),
             radius_px=_as_float(meta.get("spot_radius_px")),
@@ -322,8 +333,13 @@ def read_var_names(path: Path) -> pd.Index:
     import zarr
     from anndata.io import read_elem
 
+    from ..io._remote import is_url, open_group
+
     try:
-        var = read_elem(zarr.open_group(str(Path(path) / "tables" / TABLE_KEY / "var"), mode="r"))
+        if is_url(path):
+            var = read_elem(open_group(str(path), path=f"tables/{TABLE_KEY}/var"))
+        else:
+            var = read_elem(zarr.open_group(str(Path(path) / "tables" / TABLE_KEY / "var"), mode="r"))
     except Exception as e:
         raise StimageError(f"{path}: cannot read the table's gene names ({e})") from None
     return pd.Index(var.index.astype(str))

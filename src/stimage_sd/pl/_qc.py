@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..pp._qc import QC_KEY
+from .._constants import TABLE_KEY
+from .._keys import Key
 from ..pp._utils import get_table, slide_info
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["qc"]
 
 
 def qc(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
     save: str | Path | None = None,
     figsize: tuple[float, float] = (10.0, 7.5),
     dpi: int = 110,
-    table_key: str = "table",
+    table_key: str = TABLE_KEY,
 ) -> Any:
     """Plot total counts, detected genes and mitochondrial fraction with the QC thresholds.
 
@@ -55,19 +60,20 @@ def qc(
     import matplotlib.pyplot as plt
 
     adata = get_table(data, table_key)
-    if "total_counts" not in adata.obs:
+    if Key.obs.total_counts not in adata.obs:
         raise KeyError("no QC metrics: run stimage_sd.pp.qc first")
     obs = adata.obs
-    params = adata.uns.get(QC_KEY, {})
+    params = adata.uns.get(Key.uns.qc, {})
     thr = dict(params.get("thresholds", {}))
-    flagged = obs["qc_outlier"].to_numpy(dtype=bool) if "qc_outlier" in obs else np.zeros(adata.n_obs, bool)
+    flag = Key.obs.qc_outlier
+    flagged = obs[flag].to_numpy(dtype=bool) if flag in obs else np.zeros(adata.n_obs, bool)
 
     fig, axes = plt.subplots(2, 3, figsize=figsize, dpi=dpi)
     panels = [
-        ("total_counts", "log1p total counts", thr.get("min_counts"), True),
-        ("n_genes_by_counts", "log1p detected genes", thr.get("min_genes"), True),
-        ("pct_counts_mt", "% mitochondrial counts", thr.get("max_pct_mt"), False),
-        ("pct_counts_ribo", "% ribosomal counts", None, False),
+        (Key.obs.total_counts, "log1p total counts", thr.get("min_counts"), True),
+        (Key.obs.n_genes_by_counts, "log1p detected genes", thr.get("min_genes"), True),
+        (Key.obs.pct_counts_mt, "% mitochondrial counts", thr.get("max_pct_mt"), False),
+        (Key.obs.pct_counts_ribo, "% ribosomal counts", None, False),
     ]
     for ax, (col, label, t, log) in zip(axes.flat[:4], panels, strict=True):
         if col not in obs:
@@ -77,19 +83,19 @@ def qc(
         ax.hist(np.log1p(v) if log else v, bins=50, color="0.35")
         if t is not None:
             ax.axvline(np.log1p(t) if log else t, color="tab:red", ls="--", lw=1.2, label="threshold")
-            ax.legend(frameon=False, fontsize=8)
+            ax.legend(frameon=False, fontsize=8, loc="upper right")
         ax.set_xlabel(label)
         ax.set_ylabel("spots")
     ax = axes.flat[4]
-    ax.scatter(obs["total_counts"], obs["n_genes_by_counts"], s=3, c=np.where(flagged, "tab:red", "0.4"), rasterized=True)
+    ax.scatter(obs[Key.obs.total_counts], obs[Key.obs.n_genes_by_counts], s=3, c=np.where(flagged, "tab:red", "0.4"), rasterized=True)
     ax.set_xscale("symlog")
     ax.set_yscale("symlog")
     ax.set_xlabel("total counts")
     ax.set_ylabel("detected genes")
     ax = axes.flat[5]
-    xy = np.asarray(adata.obsm["spatial"])
+    xy = np.asarray(adata.obsm[Key.obsm.spatial])
     order = np.argsort(flagged, kind="stable")  # flagged on top
-    ax.scatter(xy[order, 0], xy[order, 1], s=4, c=np.log1p(obs["total_counts"].to_numpy())[order], cmap="viridis", rasterized=True)
+    ax.scatter(xy[order, 0], xy[order, 1], s=4, c=np.log1p(obs[Key.obs.total_counts].to_numpy())[order], cmap="viridis", rasterized=True)
     ax.scatter(xy[flagged, 0], xy[flagged, 1], s=6, facecolors="none", edgecolors="tab:red", lw=0.6)
     ax.set_aspect("equal")
     ax.invert_yaxis()

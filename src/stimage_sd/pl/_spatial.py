@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -11,6 +11,9 @@ from .._constants import IMAGE_KEY, MICRON_CS, PIXEL_CS, SHAPES_KEY, TABLE_KEY
 from .._logging import logger
 from ..errors import StimageError
 from ..pp._utils import get_table, slide_info
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
 
 __all__ = ["spatial"]
 
@@ -22,7 +25,7 @@ def _close(fig) -> None:
 
 
 def spatial(
-    sdata: Any,
+    sdata: SpatialData,
     color: str | None = None,
     *,
     coordinate_system: str = PIXEL_CS,

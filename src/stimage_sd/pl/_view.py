@@ -19,6 +19,7 @@ from .._constants import (
     TABLE_KEY,
     UNS_KEY,
 )
+from .._keys import Key
 from .._logging import logger
 from ..errors import StimageError
 
@@ -91,8 +92,8 @@ def _values(table: Any, color: str, layer: str | None) -> pd.Series:
     else:
         if color in table.var_names:
             gene = color
-        elif "gene_name" in table.var.columns and (table.var["gene_name"] == color).any():
-            gene = table.var_names[(table.var["gene_name"] == color).to_numpy()][0]
+        elif Key.var.gene_name in table.var.columns and (table.var[Key.var.gene_name] == color).any():
+            gene = table.var_names[(table.var[Key.var.gene_name] == color).to_numpy()][0]
         else:
             options = [*map(str, obs.columns), *map(str, table.var_names)]
             close = difflib.get_close_matches(color, options, n=5)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from .._constants import GEOMETRY, INSTANCE_KEY, REGION_KEY, SHAPES_KEY, TABLE_KEY, UNS_KEY
+from .._keys import Key
 from .._logging import logger
 from ..errors import StimageError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["BinGrid", "bin_hd", "fit_square_grid"]
 
@@ -137,15 +143,15 @@ def _size_label(size_um: float) -> str:
 
 
 def bin_hd(
-    sdata: Any,
+    sdata: SpatialData,
     size_um: float = 16,
     *,
     table_key: str = TABLE_KEY,
     shapes_key: str = SHAPES_KEY,
     key_added: str | None = None,
-    shape: str = "square",
+    shape: Literal["square", "circle"] = "square",
     inplace: bool = True,
-) -> tuple[Any, Any] | None:
+) -> tuple[gpd.GeoDataFrame, AnnData] | None:
     """Aggregate VisiumHD bins into coarser square bins of ``size_um`` µm.
 
     The bin grid is parsed from the bin centres (``table.obsm["spatial"]``), not from the
@@ -215,9 +221,9 @@ def bin_hd(
         raise ValueError(f"shape must be 'square' or 'circle', got {shape!r}")
     table = sdata.tables[table_key]
     meta = dict(table.uns.get(UNS_KEY, {}))
-    if "spatial" not in table.obsm:
+    if Key.obsm.spatial not in table.obsm:
         raise StimageError(f"table {table_key!r} has no obsm['spatial'] bin centres")
-    xy = np.asarray(table.obsm["spatial"], dtype=np.float64)
+    xy = np.asarray(table.obsm[Key.obsm.spatial], dtype=np.float64)
     fine_um = float(meta.get("bin_size_um", GEOMETRY["VisiumHD"].pitch_um))
     ratio = float(size_um) / fine_um
     f = round(ratio)
@@ -234,7 +240,7 @@ def bin_hd(
     key = crow * (int(ccol.max()) + 1) + ccol
     uniq, inv = np.unique(key, return_inverse=True)
     m, n = len(uniq), len(xy)
-    raw = table.layers["counts"] if "counts" in table.layers else table.X
+    raw = table.layers[Key.layers.counts] if Key.layers.counts in table.layers else table.X
     raw = sp.csr_matrix(raw)
     indicator = sp.csr_matrix((np.ones(n, dtype=raw.dtype), (inv, np.arange(n))), shape=(m, n))
     X = (indicator @ raw).tocsr().astype(raw.dtype, copy=False)
@@ -272,7 +278,7 @@ def bin_hd(
     obs["array_col"] = cc.astype(np.int64)
     obs["n_bins"] = n_bins.astype(np.int64)
     new = ad.AnnData(X=X, obs=obs, var=table.var.copy())
-    new.obsm["spatial"] = centres
+    new.obsm[Key.obsm.spatial] = centres
     new_meta = copy.deepcopy(meta)
     new_meta.update(
         {
@@ -299,7 +305,7 @@ def bin_hd(
     logger.info("binned %d bins of %g µm into %d bins of %g µm", n, fine_um, m, size_um)
     if not inplace:
         return shapes, new
-    table.obs[f"bin_{label}"] = np.asarray(inv, dtype=np.int64)
+    table.obs[Key.obs.bin(label)] = np.asarray(inv, dtype=np.int64)
     sdata.shapes[new_shapes_key] = shapes
     sdata.tables[new_table_key] = new
     return None

@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._constants import TABLE_KEY, UNS_KEY
 from ..errors import StimageError
 
-__all__ = ["get_table", "quiet", "slide_info"]
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+__all__ = ["get_table", "quiet", "slide_info", "table_to_modify"]
 
 
-def get_table(data: Any, table_key: str = TABLE_KEY):
+def get_table(data: AnnData | SpatialData, table_key: str = TABLE_KEY) -> AnnData:
     """The :class:`anndata.AnnData` table of ``data`` (a SpatialData, or already a table).
 
     The table is returned by reference: functions that modify it modify ``data``.
@@ -30,7 +34,13 @@ def get_table(data: Any, table_key: str = TABLE_KEY):
     return tables[table_key]
 
 
-def slide_info(adata: Any) -> dict[str, Any]:
+def table_to_modify(data: AnnData | SpatialData, table_key: str = TABLE_KEY, copy: bool = False) -> AnnData:
+    """The table a pp/tl function writes into: ``data``'s own table, or a copy when ``copy``."""
+    adata = get_table(data, table_key)
+    return adata.copy() if copy else adata
+
+
+def slide_info(adata: AnnData) -> dict[str, Any]:
     """The slide metadata ``uns["stimage"]`` of a table (empty dict if absent)."""
     info = adata.uns.get(UNS_KEY, {})
     return dict(info) if isinstance(info, dict) else {}

@@ -4,7 +4,8 @@ Method (a BANKSY-style neighbourhood augmentation; Singhal et al., "BANKSY unifi
 typing and tissue domain segmentation for scalable spatial omics data analysis",
 *Nature Genetics* 56, 431–441, 2024):
 
-1. ``Z``: PCA of the normalised expression of highly variable genes (``obsm["X_pca"]``).
+1. ``Z``: PCA of the normalised expression of highly variable genes
+   (``obsm["{key_added}_pca"]``).
 2. ``M``: the neighbourhood mean of ``Z``, ``M = P^h Z`` with ``P`` the row-normalised
    spatial graph (:func:`stimage_sd.tl.spatial_graph`) and ``h`` hops (a random-walk
    kernel over roughly ``h`` rings of spots).
@@ -21,15 +22,22 @@ Every random step is seeded, so the same input and seed give the same domains.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._constants import TABLE_KEY
+from .._docs import dedent
+from .._keys import Key
 from .._logging import logger
 from ..errors import StimageError
-from ..pp._utils import get_table, slide_info
+from ..pp._utils import slide_info, table_to_modify
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["DEFAULT_HOPS", "domains", "neighbourhood_features"]
 
@@ -157,8 +165,9 @@ def _leiden_to_k(adata, n_domains: int, seed: int, neighbors_key: str) -> tuple[
     return best[2], best[1]
 
 
+@dedent
 def domains(
-    data: Any,
+    data: AnnData | SpatialData,
     n_domains: int | None = None,
     *,
     resolution: float = 0.5,
@@ -168,10 +177,11 @@ def domains(
     method: Literal["leiden", "kmeans", "gmm"] = "leiden",
     n_neighbors: int = 15,
     seed: int = 0,
-    key_added: str = "domain",
-    graph_key: str = "spatial",
-    table_key: str = "table",
-) -> None:
+    key_added: str = Key.obs.domain,
+    graph_key: str = Key.obsp.spatial,
+    table_key: str = TABLE_KEY,
+    copy: bool = False,
+) -> AnnData | None:
     """Find spatial domains from expression and the spatial graph.
 
     See the module documentation for the method. Needs normalised expression
@@ -180,8 +190,7 @@ def domains(
 
     Parameters
     ----------
-    data
-        A converted slide (:class:`spatialdata.SpatialData`) or its table.
+    %(data)s
     n_domains
         Number of domains wanted. ``None``: Leiden at ``resolution``.
     resolution
@@ -202,19 +211,25 @@ def domains(
     seed
         Random seed (PCA, kNN graph, Leiden, KMeans/GMM).
     key_added
-        ``obs`` column of the result.
-    graph_key
-        Prefix of the spatial graph in ``obsp``.
-    table_key
-        Table of a SpatialData.
+        ``obs`` column of the result; every other key written derives from it.
+    %(graph_key)s
+    %(table_key)s
+    %(copy)s
+
+    Returns
+    -------
+    %(returns_copy)s
 
     Notes
     -----
     Writes ``obs[key_added]`` (categorical ``"0"``, ``"1"``, ... by decreasing size),
-    ``obsm["X_pca"]``/``varm["PCs"]``/``uns["pca"]`` (scanpy), ``obsm["X_{key_added}"]``
-    (the clustered features), for Leiden ``obsp["{key_added}_knn_connectivities"]`` and
-    ``obsp["{key_added}_knn_distances"]``, and ``uns["{key_added}"]`` (parameters:
-    method, spatial_weight, n_hops, n_pcs, resolution used, n_domains found, seed).
+    the PCA as scanpy's :func:`scanpy.pp.pca` with ``key_added="{key_added}_pca"``
+    (``obsm``, ``varm`` and ``uns["{key_added}_pca"]``; scanpy's own ``X_pca``, ``PCs``
+    and ``uns["pca"]`` are never touched), ``obsm["X_{key_added}"]`` (the clustered
+    features), for Leiden ``obsp["{key_added}_knn_connectivities"]``,
+    ``obsp["{key_added}_knn_distances"]`` and ``uns["{key_added}_knn"]``, and
+    ``uns["{key_added}"]`` (parameters: method, spatial_weight, n_hops, n_pcs,
+    resolution used, n_domains found, seed).
 
     Examples
     --------
@@ -227,12 +242,14 @@ def domains(
     """
     import scanpy as sc
 
-    adata = get_table(data, table_key)
-    if "stimage_normalize" not in adata.uns and "log1p" not in adata.uns:
+    adata = table_to_modify(data, table_key, copy)
+    if Key.uns.normalize not in adata.uns and Key.uns.log1p not in adata.uns:
         raise StimageError("tl.domains needs normalised expression: run stimage_sd.pp.normalize first")
+    if "X_pca" in (Key.obsm.domain_pca(key_added), Key.obsm.domain_features(key_added)):
+        raise ValueError(f"key_added={key_added!r} would overwrite scanpy's obsm['X_pca']; choose another key")
     if method in ("kmeans", "gmm") and n_domains is None:
         raise ValueError(f"method={method!r} needs n_domains")
-    conn_key = f"{graph_key}_connectivities"
+    conn_key = Key.obsp.spatial_conn(graph_key)
     if spatial_weight > 0 and conn_key not in adata.obsp:
         from ._graph import spatial_graph
 
@@ -240,25 +257,27 @@ def domains(
     tech = slide_info(adata).get("tech")
     hops = int(n_hops) if n_hops is not None else DEFAULT_HOPS.get(tech, 2)
 
-    mask = adata.var["highly_variable"].to_numpy(dtype=bool) if "highly_variable" in adata.var else None
+    hv = Key.var.highly_variable
+    mask = adata.var[hv].to_numpy(dtype=bool) if hv in adata.var else None
     n_feat = int(mask.sum()) if mask is not None else adata.n_vars
     n_comps = max(2, min(n_pcs, n_feat - 1, adata.n_obs - 1))
-    sc.pp.pca(adata, n_comps=n_comps, mask_var=mask, svd_solver="arpack", random_state=seed)
-    z = adata.obsm["X_pca"]
+    pca_key = Key.obsm.domain_pca(key_added)
+    sc.pp.pca(adata, n_comps=n_comps, mask_var=mask, svd_solver="arpack", random_state=seed, key_added=pca_key)
+    z = adata.obsm[pca_key]
     adj = adata.obsp[conn_key] if spatial_weight > 0 else None
     feats = neighbourhood_features(z, adj, hops, spatial_weight)
-    rep = f"X_{key_added}"
+    rep = Key.obsm.domain_features(key_added)
     adata.obsm[rep] = feats
 
     used_resolution: float | None = None
     if method == "leiden":
-        nkey = f"{key_added}_knn"
+        nkey = Key.uns.domain_knn(key_added)
         conn, dist = _knn_graph(feats, min(n_neighbors, adata.n_obs - 1), seed)
-        adata.obsp[f"{nkey}_connectivities"] = conn
-        adata.obsp[f"{nkey}_distances"] = dist
+        adata.obsp[Key.obsp.domain_knn_conn(key_added)] = conn
+        adata.obsp[Key.obsp.domain_knn_dist(key_added)] = dist
         adata.uns[nkey] = {
-            "connectivities_key": f"{nkey}_connectivities",
-            "distances_key": f"{nkey}_distances",
+            "connectivities_key": Key.obsp.domain_knn_conn(key_added),
+            "distances_key": Key.obsp.domain_knn_dist(key_added),
             "params": {"n_neighbors": int(min(n_neighbors, adata.n_obs - 1)), "method": "knn-union", "use_rep": rep},
         }
         if n_domains is None:
@@ -292,5 +311,6 @@ def domains(
     }
     if used_resolution is not None:
         params["resolution"] = float(used_resolution)
-    adata.uns[key_added] = params
+    adata.uns[Key.uns.domain(key_added)] = params
     logger.info("%d spatial domains (%s, λ=%.2f, %d hops)", found, method, spatial_weight, params["n_hops"])
+    return adata if copy else None

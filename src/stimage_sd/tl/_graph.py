@@ -1,19 +1,26 @@
-"""Technology-aware spatial neighbour graph (squidpy :func:`squidpy.gr.spatial_neighbors`)."""
+"""Technology-aware spatial neighbour graph (squidpy's ``spatial_neighbors_grid`` / ``_knn`` / ``_radius`` / ``_delaunay``)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .._constants import GEOMETRY
+from .._constants import GEOMETRY, TABLE_KEY
+from .._docs import dedent
+from .._keys import Key
 from .._logging import logger
-from ..pp._utils import get_table, quiet, slide_info
+from ..pp._utils import quiet, slide_info, table_to_modify
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["detect_lattice", "spatial_graph"]
 
-#: A layout is a regular lattice when at least this fraction of spots has its nearest
-#: neighbour within ``_PITCH_TOL`` of the median nearest-neighbour distance.
+#: A layout is a lattice when at least this fraction of spots lies on the fitted lattice,
+#: and a *filled* (dense) one when this fraction has its nearest neighbour within
+#: ``_PITCH_TOL`` of the pitch; only a filled grid gets squidpy's grid graph.
 _REGULAR_FRACTION = 0.9
 _PITCH_TOL = 0.1
 #: Neighbours closer than this multiple of the pitch count towards the coordination number.
@@ -21,7 +28,11 @@ _SHELL = 1.25
 
 
 def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
-    """Describe the layout of spot centres: pitch, regularity and coordination number.
+    """Describe the layout of spot centres: lattice, pitch, regularity and coordination number.
+
+    The lattice is fitted from pair-difference vectors (the same fit that gives the pixel
+    size, see ``docs/pixel_size.md``), so a sparse subset of a grid (e.g. 100 spots left of
+    a Visium capture area, few of them adjacent) is still recognised as that grid.
 
     Parameters
     ----------
@@ -30,11 +41,13 @@ def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
 
     Returns
     -------
-    dict with ``pitch`` (median nearest-neighbour distance, same unit as ``xy``),
-    ``regular_fraction`` (spots whose nearest neighbour is within 10 % of the pitch),
-    ``coordination`` (typical number of neighbours within 1.25 pitches: 6 on a hexagonal
-    grid, 4 on a square one) and ``lattice`` (``"hex"``, ``"square"`` or
-    ``"irregular"``).
+    dict with ``lattice`` (``"hex"`` or ``"square"`` when at least 90 % of the spots lie on
+    such a lattice, else ``"irregular"``), ``pitch`` (the lattice's fundamental spacing;
+    for an irregular layout the median nearest-neighbour distance; same unit as ``xy``),
+    ``fraction_on_lattice``, ``regular_fraction`` (spots whose nearest neighbour is within
+    10 % of the pitch), ``dense`` (``regular_fraction`` >= 0.9: the grid is filled, not a
+    sparse subset), ``coordination`` (typical number of neighbours within 1.25 pitches: 6 on
+    a filled hexagonal grid, 4 on a square one) and ``fit`` (the lattice fit as a dict).
 
     Examples
     --------
@@ -46,47 +59,61 @@ def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
     """
     from scipy.spatial import cKDTree
 
+    from ..io._lattice import fit_lattice
+
     xy = np.asarray(xy, dtype=np.float64)
     n = len(xy)
+    out: dict[str, Any] = {"pitch": float("nan"), "regular_fraction": 0.0, "coordination": 0,
+                           "lattice": "irregular", "fraction_on_lattice": 0.0, "dense": False, "fit": {}}
     if n < 3:
-        return {"pitch": float("nan"), "regular_fraction": 0.0, "coordination": 0, "lattice": "irregular"}
+        return out
+    fit = fit_lattice(xy)
+    out["fit"] = fit.to_dict()
+    out["fraction_on_lattice"] = float(fit.fraction_on_lattice)
     k = min(9, n)
     dist, _ = cKDTree(xy).query(xy, k=k)
     d1 = dist[:, 1]
-    pitch = float(np.median(d1))
+    on = fit.dim == 2 and fit.kind in ("hex", "square") and fit.fraction_on_lattice >= _REGULAR_FRACTION
+    pitch = float(fit.pitch_px) if on else float(np.median(d1))
+    out["pitch"] = pitch
     if not pitch > 0:
-        return {"pitch": pitch, "regular_fraction": 0.0, "coordination": 0, "lattice": "irregular"}
+        return out
     regular = float(np.mean(np.abs(d1 - pitch) <= _PITCH_TOL * pitch))
     counts = (dist[:, 1:] <= _SHELL * pitch).sum(axis=1)
-    coordination = int(np.quantile(counts, 0.75))
-    lattice = "irregular"
-    if regular >= _REGULAR_FRACTION:
-        lattice = {6: "hex", 4: "square"}.get(coordination, "irregular")
-    return {"pitch": pitch, "regular_fraction": regular, "coordination": coordination, "lattice": lattice}
+    out.update(
+        regular_fraction=regular,
+        coordination=int(np.quantile(counts, 0.75)),
+        lattice=fit.kind if on else "irregular",
+        dense=regular >= _REGULAR_FRACTION,
+    )
+    return out
 
 
+@dedent
 def spatial_graph(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
-    method: Literal["auto", "grid", "knn", "radius"] = "auto",
+    method: Literal["auto", "grid", "knn", "radius", "delaunay"] = "auto",
     n_neighs: int | None = None,
     radius: float | None = None,
     n_rings: int = 1,
-    key_added: str = "spatial",
-    table_key: str = "table",
-) -> None:
+    key_added: str = Key.obsp.spatial,
+    table_key: str = TABLE_KEY,
+    copy: bool = False,
+) -> AnnData | None:
     """Build the spatial neighbour graph of a slide's spots.
 
     Parameters
     ----------
-    data
-        A converted slide (:class:`spatialdata.SpatialData`) or its table (uses
-        ``obsm["spatial"]``, pixels).
+    %(data)s
+        Uses ``obsm["spatial"]`` (pixels).
     method
-        ``"auto"``: squidpy's grid builder (``coord_type="grid"``) when the spots form a
-        regular lattice, with 6 neighbours on a hexagonal grid (Visium, staggered ST) and
-        4 on a square grid (ST, VisiumHD bins); otherwise a k-nearest-neighbour graph
-        (``coord_type="generic"``). ``"grid"``, ``"knn"`` and ``"radius"`` force a
+        ``"auto"``: squidpy's grid graph (:func:`squidpy.gr.spatial_neighbors_grid`) when
+        the spots form a regular lattice, with 6 neighbours on a hexagonal grid (Visium,
+        staggered ST) and 4 on a square grid (ST, VisiumHD bins); otherwise a
+        k-nearest-neighbour graph (:func:`squidpy.gr.spatial_neighbors_knn`).
+        ``"grid"``, ``"knn"``, ``"radius"`` (:func:`squidpy.gr.spatial_neighbors_radius`)
+        and ``"delaunay"`` (:func:`squidpy.gr.spatial_neighbors_delaunay`) force a
         builder.
     n_neighs
         Neighbours per spot for ``"grid"``/``"knn"``; default from the detected lattice, or
@@ -97,8 +124,12 @@ def spatial_graph(
         Rings of grid neighbours (``"grid"`` only).
     key_added
         Prefix of the keys written (squidpy's convention).
-    table_key
-        Table of a SpatialData.
+    %(table_key)s
+    %(copy)s
+
+    Returns
+    -------
+    %(returns_copy)s
 
     Notes
     -----
@@ -114,20 +145,21 @@ def spatial_graph(
     >>> ssd.tl.spatial_graph(sdata)
     >>> ssd.tl.spatial_graph(sdata, method="knn", n_neighs=8, key_added="knn8")
     """
-    adata = get_table(data, table_key)
+    adata = table_to_modify(data, table_key, copy)
     tech = slide_info(adata).get("tech")
-    lat = detect_lattice(adata.obsm["spatial"])
+    lat = detect_lattice(adata.obsm[Key.obsm.spatial])
     tech_neighs = {"hex": 6, "square": 4}.get(GEOMETRY[tech].grid, 6) if tech in GEOMETRY else 6
     if method == "auto":
-        method = "grid" if lat["lattice"] in ("hex", "square") else "knn"
+        method = "grid" if lat["lattice"] in ("hex", "square") and lat["dense"] else "knn"
         if method == "knn":
             logger.info(
-                "spots are not on a regular grid (%.0f%% at the pitch, coordination %d): using a %d-NN graph",
-                100 * lat["regular_fraction"], lat["coordination"], n_neighs or tech_neighs,
+                "spots are not on a filled grid (%s layout, %.0f%% with a neighbour at the pitch, coordination "
+                "%d): using a %d-NN graph",
+                lat["lattice"], 100 * lat["regular_fraction"], lat["coordination"], n_neighs or tech_neighs,
             )
     with quiet("spatialdata._logging", "squidpy"):
         k = _build(adata, method, lat, tech, tech_neighs, n_neighs, radius, n_rings, key_added)
-    params = adata.uns[f"{key_added}_neighbors"]
+    params = adata.uns[Key.uns.spatial_neighs(key_added)]
     params["stimage"] = {
         "method": method,
         "lattice": lat["lattice"],
@@ -136,6 +168,7 @@ def spatial_graph(
         "regular_fraction": float(lat["regular_fraction"]),
         "tech": str(tech) if tech else "unknown",
     }
+    return adata if copy else None
 
 
 def _build(adata, method, lat, tech, tech_neighs, n_neighs, radius, n_rings, key_added) -> int:
@@ -145,15 +178,18 @@ def _build(adata, method, lat, tech, tech_neighs, n_neighs, radius, n_rings, key
         k = n_neighs or {"hex": 6, "square": 4}.get(lat["lattice"], tech_neighs)
         if tech in GEOMETRY and lat["lattice"] in ("hex", "square") and lat["lattice"] != GEOMETRY[tech].grid:
             logger.info("%s spots lie on a %s grid; using %d grid neighbours", tech, lat["lattice"], k)
-        sq.gr.spatial_neighbors(adata, coord_type="grid", n_neighs=k, n_rings=n_rings, key_added=key_added)
-    elif method == "knn":
+        sq.gr.spatial_neighbors_grid(adata, n_neighs=k, n_rings=n_rings, key_added=key_added)
+        return int(k)
+    if method == "knn":
         k = n_neighs or tech_neighs
-        sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=k, key_added=key_added)
-    elif method == "radius":
+        sq.gr.spatial_neighbors_knn(adata, n_neighs=k, key_added=key_added)
+        return int(k)
+    if method == "radius":
         r = float(radius) if radius is not None else 1.5 * lat["pitch"]
-        sq.gr.spatial_neighbors(adata, coord_type="generic", radius=r, key_added=key_added)
-        conn = adata.obsp[f"{key_added}_connectivities"]
-        k = int(np.median(np.diff(conn.indptr))) if conn.shape[0] else 0  # typical degree
+        sq.gr.spatial_neighbors_radius(adata, radius=r, key_added=key_added)
+    elif method == "delaunay":
+        sq.gr.spatial_neighbors_delaunay(adata, key_added=key_added)
     else:
-        raise ValueError(f"method must be 'auto', 'grid', 'knn' or 'radius', got {method!r}")
-    return int(k)
+        raise ValueError(f"method must be 'auto', 'grid', 'knn', 'radius' or 'delaunay', got {method!r}")
+    conn = adata.obsp[Key.obsp.spatial_conn(key_added)]
+    return int(np.median(np.diff(conn.indptr))) if conn.shape[0] else 0  # typical degree

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._constants import TABLE_KEY
+from .._keys import Key
 from ..pp._utils import get_table, slide_info
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["ANALYSIS_KEY", "run_pipeline"]
 
-#: ``uns`` key recording the pipeline's parameters.
-ANALYSIS_KEY = "stimage_analysis"
+#: ``uns`` key recording the pipeline's parameters (:attr:`Key.uns.analysis`).
+ANALYSIS_KEY = Key.uns.analysis
 
 # --- preconditions of the steps (issue 15) -------------------------------------------------
 #: Fewest spots for highly variable genes, the spatial graph, domains and spatially variable
@@ -44,23 +50,23 @@ def _preconditions(adata: Any, n_domains: int | None) -> dict[str, str]:
 
 
 def run_pipeline(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
     n_domains: int | None = None,
     seed: int = 0,
-    normalize_method: str = "log1p",
+    normalize_method: Literal["log1p", "pearson"] = "log1p",
     n_top_genes: int = 2000,
     spatial_weight: float = 0.8,
     n_hops: int | None = None,
     resolution: float = 0.5,
-    svg_genes: Any = None,
+    svg_genes: Sequence[str] | str | None = None,
     filter_spots: bool = False,
     qc_kwargs: dict[str, Any] | None = None,
     table_key: str = TABLE_KEY,
 ) -> dict[str, Any]:
     """Run the standard per-slide analysis with technology-aware defaults.
 
-    Steps: :func:`stimage_sd.pp.qc` (flags only), optionally :func:`stimage_sd.pp.filter`,
+    Steps: :func:`stimage_sd.pp.qc` (flags only), optionally :func:`stimage_sd.pp.filter_spots`,
     :func:`stimage_sd.pp.normalize`, :func:`stimage_sd.tl.spatial_graph`,
     :func:`stimage_sd.tl.domains`, :func:`stimage_sd.tl.svg`, and
     :func:`stimage_sd.tl.score_domains` when the slide is annotated. Running it again on
@@ -84,7 +90,8 @@ def run_pipeline(
     svg_genes
         Genes tested for spatial variability (see :func:`stimage_sd.tl.svg`).
     filter_spots
-        Remove spots flagged by QC before the analysis (default: keep them, flagged).
+        Remove spots flagged by QC before the analysis (default: keep them, flagged);
+        needs a SpatialData, whose table is then replaced by the filtered one.
     qc_kwargs
         Extra arguments of :func:`stimage_sd.pp.qc`.
     table_key
@@ -110,7 +117,7 @@ def run_pipeline(
     """
     from .. import __version__
     from ..pp._normalize import normalize
-    from ..pp._qc import filter as filter_flagged
+    from ..pp._qc import filter_spots as filter_flagged
     from ..pp._qc import qc
     from ._domains import domains
     from ._graph import spatial_graph
@@ -125,12 +132,20 @@ def run_pipeline(
         seconds[name] = round(time.perf_counter() - t0, 3)
         return out
 
+    from anndata import AnnData as _AnnData
+
+    if filter_spots and isinstance(data, _AnnData):
+        raise ValueError("filter_spots=True needs a SpatialData (an AnnData cannot be subset in place)")
     step("qc", qc, data, table_key=table_key, **(qc_kwargs or {}))
-    n_removed = step("filter", filter_flagged, data, table_key=table_key) if filter_spots else 0
+    n_removed = 0
+    if filter_spots:
+        n_before = get_table(data, table_key).n_obs
+        step("filter", filter_flagged, data, table_key=table_key)
+        n_removed = n_before - get_table(data, table_key).n_obs
     adata = get_table(data, table_key)
     skipped = _preconditions(adata, n_domains)  # issue 15: skip, with the reason, never crash
-    if skipped and "domain" in adata.obs:  # no stale domains of an earlier run
-        del adata.obs["domain"]
+    if skipped and Key.obs.domain in adata.obs:  # no stale domains of an earlier run
+        del adata.obs[Key.obs.domain]
     step("normalize", normalize, adata, method=normalize_method,
          n_top_genes=None if "hvg" in skipped else n_top_genes)
     if "spatial_graph" not in skipped:
@@ -166,9 +181,9 @@ def run_pipeline(
         "tech": info.get("tech", ""),
         "n_spots": int(adata.n_obs),
         "n_genes": int(adata.n_vars),
-        "n_flagged": int(adata.obs["qc_outlier"].sum()) + int(n_removed or 0),
+        "n_flagged": int(adata.obs[Key.obs.qc_outlier].sum()) + int(n_removed or 0),
         "n_removed": int(n_removed or 0),
-        "n_domains": int(adata.obs["domain"].cat.categories.size) if "domain" in adata.obs else 0,
+        "n_domains": int(adata.obs[Key.obs.domain].cat.categories.size) if Key.obs.domain in adata.obs else 0,
         "ari": scores["ari"] if scores else None,
         "nmi": scores["nmi"] if scores else None,
         "top_svg": top_svg(adata, 10) if "svg" not in skipped else [],

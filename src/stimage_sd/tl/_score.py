@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from .._constants import TABLE_KEY
+from .._keys import Key
 from .._logging import logger
 from ..pp._utils import get_table
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["EXCLUDED_LABELS", "score_domains"]
 
@@ -19,12 +25,12 @@ EXCLUDED_LABELS = ("", "nan", "na", "none", "undetermined", "exclude")
 
 
 def score_domains(
-    data: Any,
+    data: AnnData | SpatialData,
     *,
-    key: str = "domain",
-    truth: str = "annotation",
+    key: str = Key.obs.domain,
+    truth: str = Key.obs.annotation,
     exclude: Iterable[str] = EXCLUDED_LABELS,
-    table_key: str = "table",
+    table_key: str = TABLE_KEY,
 ) -> dict[str, Any] | None:
     """Compare domains with the slide's annotation.
 
@@ -81,6 +87,6 @@ def score_domains(
         "n_excluded": int((~keep).sum()),
         "n_labels": int(np.unique(y_true).size),
     }
-    adata.uns[f"{key}_scores"] = scores
+    adata.uns[Key.uns.domain_scores(key)] = scores
     logger.info("domains vs %s: ARI %.3f, NMI %.3f (%d spots)", truth, scores["ari"], scores["nmi"], scores["n_scored"])
     return scores
