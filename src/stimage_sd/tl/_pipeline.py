@@ -34,7 +34,9 @@ def _preconditions(adata: Any, n_domains: int | None) -> dict[str, str]:
     import numpy as np
 
     n_spots = int(adata.n_obs)
-    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    from .._utils import raw_counts
+
+    counts = raw_counts(adata)
     n_genes = int((np.asarray((counts != 0).sum(axis=0)).ravel() > 0).sum()) if n_spots else 0
     reason = None
     if n_spots < MIN_SPOTS:
