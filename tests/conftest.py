@@ -179,3 +179,35 @@ def oracle_table(analysis_tables, request):
 
     return get
 # ---- end: oracle fixtures ----
+
+
+# ---- begin: cohort stores (issue 16: cohort table, cross-slide analysis) ----
+#: One study of three serial sections: shared genes and domain profiles, their own tissue
+#: layout, depth and gene-wise batch factors; plus a slide of another human study (its own
+#: gene panel) and a mouse slide.
+COHORT_STUDY = "Human_Brain_Cohort_01012025"
+COHORT_SPECS = [
+    dict(slide=f"{COHORT_STUDY}_Visium_{s}", tech="Visium", grid=(30, 30), n_genes=400, annotate=True,
+         study=COHORT_STUDY, batch_effect=0.8, depth=d, n_domains=4, seed=i)
+    for i, (s, d) in enumerate([("A1", 1.0), ("B1", 0.5), ("C1", 2.0)])
+]
+COHORT_OTHER = [
+    dict(slide="Human_Brain_Other_02022025_Visium_A1", tech="Visium", grid=(12, 12), n_genes=300, seed=7),
+    dict(slide="Mouse_Brain_Synth_03032025_Visium_A1", tech="Visium", grid=(12, 12), n_genes=300,
+         species="mouse", seed=8),
+]
+
+
+@pytest.fixture(scope="session")
+def cohort_stores(tmp_path_factory) -> dict:
+    """``{"study": [store, ...], "other": store, "mouse": store, "truths": {slide: SlideTruth}}`` (read-only)."""
+    from stimage_sd.datasets import SlideSpec, make_release
+    from stimage_sd.io import convert_slide
+
+    root = tmp_path_factory.mktemp("cohort_release")
+    out = tmp_path_factory.mktemp("cohort_stores")
+    specs = [SlideSpec(**kw) for kw in COHORT_SPECS + COHORT_OTHER]
+    truths = make_release(root, specs)
+    stores = [convert_slide(root, s.slide, out / ("study" if s.study else "other"), checksums=False) for s in specs]
+    return {"study": stores[:3], "other": stores[3], "mouse": stores[4], "truths": truths}
+# ---- end: cohort stores ----

@@ -116,7 +116,7 @@ def test_domains_never_overwrite_scanpy_pca(st_store):
     own = {"obsm": adata.obsm["X_pca"].copy(), "varm": adata.varm["PCs"].copy(),
            "uns": adata.uns["pca"]["variance"].copy()}
     ssd.tl.domains(adata, 4, n_pcs=12)
-    ssd.tl.domains(adata, 4, n_pcs=8, spatial_weight=0.0, key_added="expr")
+    ssd.tl.domains(adata, 4, n_pcs=8, spatial_weight=0.0, key_added="expr", method="leiden")
     np.testing.assert_array_equal(adata.obsm["X_pca"], own["obsm"])
     np.testing.assert_array_equal(adata.varm["PCs"], own["varm"])
     np.testing.assert_array_equal(adata.uns["pca"]["variance"], own["uns"])
@@ -125,7 +125,9 @@ def test_domains_never_overwrite_scanpy_pca(st_store):
         assert adata.obsm[f"{key}_pca"].shape == (adata.n_obs, n)
         assert adata.varm[f"{key}_pca"].shape == (adata.n_vars, n)
         assert adata.uns[f"{key}_pca"]["variance"].shape == (n,)
-        assert f"{key}_knn_connectivities" in adata.obsp and key in adata.uns
+        assert key in adata.uns
+    # Leiden's kNN graph is keyed by key_added too (KMeans, the default with n_domains, builds none)
+    assert "expr_knn_connectivities" in adata.obsp and "domain_knn_connectivities" not in adata.obsp
     # the domains' PCA is scanpy's PCA of the same genes
     ref = adata.copy()
     sc.pp.pca(ref, n_comps=12, mask_var="highly_variable", svd_solver="arpack", random_state=0)

@@ -37,7 +37,8 @@ ALLOWED = {
 SHARED = {"_constants", "errors", "_logging", "_utils", "_compat", "_deprecation", "_keys", "_docs", "_isolate", "__init__", "__main__"}
 #: import name -> distribution name, where they differ
 DIST = {"sklearn": "scikit-learn", "PIL": "pillow", "ome_zarr": "ome-zarr", "google_crc32c": "google-crc32c",
-        "skmisc": "scikit-misc", "yaml": "pyyaml", "skimage": "scikit-image", "huggingface_hub": "huggingface-hub"}
+        "skmisc": "scikit-misc", "yaml": "pyyaml", "skimage": "scikit-image", "huggingface_hub": "huggingface-hub",
+        "open_clip": "open-clip-torch"}
 
 
 def _modules() -> dict[str, tuple[Path, ast.Module]]:

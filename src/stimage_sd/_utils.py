@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from scipy.sparse import spmatrix
 
-__all__ = ["cpu_count", "hash_file", "raw_counts", "sha256_file"]
+__all__ = ["cpu_count", "hash_file", "naming_path", "os_error_message", "raw_counts", "sha256_file"]
 
 _READ_BLOCK = 1 << 22
 
@@ -68,3 +69,35 @@ def raw_counts(adata: AnnData, layer: str | None = None) -> spmatrix:
     if layer is not None:
         return adata.layers[layer]
     return adata.layers["counts"] if "counts" in adata.layers else adata.X
+
+
+@contextlib.contextmanager
+def naming_path(path: str | Path) -> Iterator[None]:
+    """Name ``path`` in an ``OSError`` of the block that has no file name.
+
+    ``write`` on a full disk raises ``ENOSPC`` without one; the message then names the file.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system error: the path(s), the cause, the errno name.
+
+    ``/out/.stimage-convert.lock: No space left on device (ENOSPC)``
+    """
+    import errno
+
+    cause = e.strerror or str(e)
+    if e.errno in errno.errorcode:
+        cause += f" ({errno.errorcode[e.errno]})"
+    if e.errno == errno.ENOSPC:
+        cause += ": the disk is full"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause += ": check the permissions (or a read-only file system)"
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{where}: {cause}" if where else cause

@@ -264,10 +264,10 @@ def counts_negative(b: Base) -> Expected:
     return _error(b.files.counts, *_loc(line, gene, spot), message="negative count")
 
 
-@case("counts", "value beyond float32 (`1e39`)", "`FormatError` out of range, names line, gene and spot")
+@case("counts", "value beyond float32 (`1e39`)", "`FormatError` out of range (cannot be stored exactly), names line, gene and spot")
 def counts_out_of_range(b: Base) -> Expected:
     line, spot, gene = _set_cell(b.files.counts, 4, 12, "1e39")
-    return _error(b.files.counts, *_loc(line, gene, spot), message="out of the float32 range")
+    return _error(b.files.counts, *_loc(line, gene, spot), message="out of range")
 
 
 @case("counts", "header with fewer fields than the rows", "`FormatError` too many values on line 2")
@@ -382,17 +382,122 @@ def counts_crlf(b: Base) -> Expected:
     return Expected("accepted", check=_same_as_pandas(p))
 
 
-def _same_as_pandas(p: Path) -> Callable[[Any], None]:
+def _same_as_pandas(p: Path, dtype: Any = None) -> Callable[[Any], None]:
+    """The store's counts equal pandas' correctly rounded reading of ``p`` (and have ``dtype``)."""
     import pandas as pd
 
-    ref = pd.read_csv(p, index_col=0, encoding="utf-8-sig")
+    ref = pd.read_csv(p, index_col=0, encoding="utf-8-sig", float_precision="round_trip")
 
     def check(sdata) -> None:
         t = sdata["table"]
         assert t.n_obs == len(ref) and t.n_vars == ref.shape[1]
+        if dtype is not None:
+            assert t.X.dtype == dtype, t.X.dtype
         np.testing.assert_array_equal(t.X.toarray(), ref.loc[t.obs_names].to_numpy())
 
     return check
+
+
+# ------------------------------------------------------------- counts: values stored exactly
+
+
+@case("counts", "a count beyond int32 (`2147483653`)", "accepted: stored as `int64`, exactly")
+def counts_beyond_int32(b: Base) -> Expected:
+    _set_cell(b.files.counts, 3, 5, "2147483653")
+    return Expected("accepted", check=_same_as_pandas(b.files.counts, np.int64))
+
+
+@case("counts", "`16777217` (not a float32) and `3.5` in one file", "accepted: stored as `float64`, exactly")
+def counts_float32_would_round(b: Base) -> Expected:
+    _set_cell(b.files.counts, 3, 5, "16777217")
+    _set_cell(b.files.counts, 4, 6, "3.5")
+    return Expected("accepted", check=_same_as_pandas(b.files.counts, np.float64))
+
+
+@case("counts", "non-integers that float32 holds (`3.5`, `0.25`)", "accepted: stored as `float32`, exactly")
+def counts_float32_exact(b: Base) -> Expected:
+    _set_cell(b.files.counts, 3, 5, "0.25")
+    _set_cell(b.files.counts, 4, 6, "3.5")
+    return Expected("accepted", check=_same_as_pandas(b.files.counts, np.float32))
+
+
+@case("counts", "an integer above 2**53 (`9007199254740993`)", "`FormatError` out of range (cannot be stored exactly), names line, gene and spot")
+def counts_beyond_2_53(b: Base) -> Expected:
+    line, spot, gene = _set_cell(b.files.counts, 2, 3, "9007199254740993")
+    return _error(b.files.counts, *_loc(line, gene, spot), message="cannot be stored exactly")
+
+
+@case("counts", "a value with 20 significant digits", "`FormatError` more than 17 significant digits, names line, gene and spot")
+def counts_too_many_digits(b: Base) -> Expected:
+    line, spot, gene = _set_cell(b.files.counts, 2, 3, "1.2345678901234567891")
+    return _error(b.files.counts, *_loc(line, gene, spot), message="more than 17 significant digits")
+
+
+# ------------------------------------------------ counts: what pandas, R and Excel write
+
+
+@case("counts", "blank lines at the end (`\\n\\n\\n`)", "accepted: counts identical")
+def counts_trailing_blank_lines(b: Base) -> Expected:
+    p = b.files.counts
+    p.write_bytes(p.read_bytes() + b"\n\n")
+    return Expected("accepted", check=_same_as_pandas(p))
+
+
+@case("counts", "CRLF line ends and a blank CRLF line at the end", "accepted: counts identical")
+def counts_crlf_trailing_blank(b: Base) -> Expected:
+    p = b.files.counts
+    p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n") + b"\r\n")
+    return Expected("accepted", check=_same_as_pandas(p))
+
+
+@case("counts", "last line without a newline", "accepted: counts identical")
+def counts_no_final_newline(b: Base) -> Expected:
+    p = b.files.counts
+    p.write_bytes(p.read_bytes().rstrip(b"\n"))
+    return Expected("accepted", check=_same_as_pandas(p))
+
+
+@case("counts", "spaces around the numbers (`1, 3.0 ,0`)", "accepted: counts identical (as pandas reads them)")
+def counts_spaces_around_numbers(b: Base) -> Expected:
+    p = b.files.counts
+    lines = _read_lines(p)
+    lines[1:] = [",".join([c[0]] + [f" {v} " for v in c[1:]]) + "\n" for c in map(_cells, lines[1:])]
+    _write_lines(p, lines)
+    return Expected("accepted", check=_same_as_pandas(p))
+
+
+@case("counts", "every header field quoted (R `write.csv`)", "accepted: gene names unquoted, counts identical")
+def counts_quoted_header(b: Base) -> Expected:
+    p = b.files.counts
+    lines = _read_lines(p)
+    lines[0] = ",".join(f'"{g}"' for g in _cells(lines[0])) + "\n"
+    _write_lines(p, lines)
+    return Expected("accepted", check=_same_as_pandas(p))
+
+
+@case("counts", "lone CR line ends (Excel for Mac 2011)", "`FormatError` names the lone carriage returns (not an unbalanced quote), line 1")
+def counts_lone_cr(b: Base) -> Expected:
+    p = b.files.counts
+    p.write_bytes(p.read_bytes().replace(b"\n", b"\r"))
+    return _error(p, "line 1", message="lone carriage return")
+
+
+@case("counts", "a trailing comma on every data row", "`FormatError` trailing delimiter, names line 2")
+def counts_trailing_delimiter(b: Base) -> Expected:
+    p = b.files.counts
+    lines = _read_lines(p)
+    lines[1:] = [line.rstrip("\n") + ",\n" for line in lines[1:]]
+    _write_lines(p, lines)
+    return _error(p, "line 2", message="trailing delimiter")
+
+
+@case("counts", "a trailing comma on every line, header included", "`FormatError` trailing delimiter (an unnamed empty last column), names line 2")
+def counts_trailing_delimiter_header(b: Base) -> Expected:
+    p = b.files.counts
+    lines = _read_lines(p)
+    lines[:] = [line.rstrip("\n") + ",\n" for line in lines]
+    _write_lines(p, lines)
+    return _error(p, "line 2", message="trailing delimiter")
 
 
 # --------------------------------------------------------------------------- coord <-> counts
@@ -520,13 +625,13 @@ def coord_truncated(b: Base) -> Expected:
     return _error(p, f"line {line}", "column 'r'", message="r must be a positive number")
 
 
-@case("coord", "ragged row (an extra field)", "`FormatError` names the line (parser: expected 4 fields)")
+@case("coord", "ragged row (an extra field)", "`FormatError` record has 5 fields, the header has 4; names the line")
 def coord_ragged(b: Base) -> Expected:
     p = b.files.coord
     lines = _read_lines(p)
     lines[7] = lines[7].rstrip("\n") + ",1.0\n"
     _write_lines(p, lines)
-    return _error(p, "line 8", message="cannot parse coordinate file")
+    return _error(p, "line 8", message="record has 5 fields, the header has 4")
 
 
 @case("coord", "UTF-16 file", "`FormatError` not valid UTF-8, line 1")
@@ -733,6 +838,74 @@ def metadata_evil_id(b: Base) -> Expected:
     return _error(p, *_loc(line, "slide"), message="invalid slide id", all_slides=True)
 
 
+# ----------------------------------------------------------------- image: pixel types
+
+
+def _he_level0(sdata) -> np.ndarray:
+    im = sdata.images["he"]
+    arr = im["scale0"]["image"] if hasattr(im, "children") and "scale0" in im.children else im
+    return np.moveaxis(np.asarray(arr.values), 0, -1)
+
+
+def _original_pixels(b: Base) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(b.files.image) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _write_tiff_image(b: Base, pixels: np.ndarray) -> None:
+    import tifffile
+
+    buf = io.BytesIO()  # release images are named .png whatever they hold
+    tifffile.imwrite(buf, pixels, photometric="rgb", tile=(64, 64), compression="zlib")
+    b.files.image.write_bytes(buf.getvalue())
+
+
+def _pixels_check(expected: np.ndarray) -> Callable[[Any], None]:
+    def check(sdata) -> None:
+        np.testing.assert_array_equal(_he_level0(sdata), expected)
+
+    return check
+
+
+@case("image", "float32 TIFF with values 0-255", "accepted: values taken as 8-bit intensities, pixels identical to the 8-bit original")
+def image_float32_0_255(b: Base) -> Expected:
+    rgb = _original_pixels(b)
+    _write_tiff_image(b, rgb.astype(np.float32))
+    return Expected("accepted", check=_pixels_check(rgb))
+
+
+@case("image", "int16 TIFF with values 0-255", "accepted: values taken as 8-bit intensities, pixels identical to the 8-bit original")
+def image_int16_0_255(b: Base) -> Expected:
+    rgb = _original_pixels(b)
+    _write_tiff_image(b, rgb.astype(np.int16))
+    return Expected("accepted", check=_pixels_check(rgb))
+
+
+@case("image", "float64 TIFF in [0, 1] with a NaN block", "accepted: `round(255 v)` (as `img_as_ubyte`), NaN white")
+def image_float64_unit_nan(b: Base) -> Expected:
+    rgb = _original_pixels(b)
+    f = rgb / 255.0
+    f[10:20, 30:50] = np.nan
+    _write_tiff_image(b, f)
+    expected = rgb.copy()
+    expected[10:20, 30:50] = 255
+    return Expected("accepted", check=_pixels_check(expected))
+
+
+@case("image", "int32 TIFF with values 100-4180 (12-bit data)", "accepted: the actual min-max stretched to 0-255 (as `rescale_intensity`)")
+def image_int32_stretched(b: Base) -> Expected:
+    from skimage.exposure import rescale_intensity
+
+    rgb = _original_pixels(b)
+    raw = rgb.astype(np.int32) * 16 + 100
+    _write_tiff_image(b, raw)
+    lo, hi = raw.min(), raw.max()
+    expected = np.round(rescale_intensity(raw.astype(np.float64), in_range=(lo, hi), out_range=(0.0, 255.0))).astype(np.uint8)
+    return Expected("accepted", check=_pixels_check(expected))
+
+
 # --------------------------------------------------------------------------- metadata
 
 
@@ -847,6 +1020,131 @@ def annotation_one_column(b: Base) -> Expected:
 def annotation_empty(b: Base) -> Expected:
     b.files.annotation.write_bytes(b"")
     return _error(b.files.annotation, "line 1", message="empty annotation file")
+
+
+# ------------------------------------------- text files as pandas, R and Excel write them
+#
+# Coordinate, metadata and annotation files are read through pandas; each dialect variant
+# must convert to exactly what pandas reads from the same file (labels and metadata text
+# without surrounding spaces), or be refused with a message naming the real problem.
+
+
+def _dialect(name: str):
+    def crlf_bom_quoted_blank(data: bytes) -> bytes:  # Excel "CSV UTF-8" on Windows
+        lines = data.decode("utf-8").split("\n")
+        head = next(csv.reader([lines[0]]))
+        lines[0] = ",".join('"' + h.replace('"', '""') + '"' for h in head)
+        return b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n\r\n"
+
+    def lone_cr(data: bytes) -> bytes:  # Excel for Mac 2011 "CSV (Macintosh)"
+        return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r")
+
+    def trailing_spaces(data: bytes) -> bytes:
+        return b"\n".join(line + b"  " if line else line for line in data.split(b"\n"))
+
+    def trailing_delimiter(data: bytes) -> bytes:
+        return b"\n".join(line + b"," if line else line for line in data.split(b"\n"))
+
+    return locals()[name]
+
+
+_DIALECTS = {
+    "crlf_bom_quoted_blank": "CRLF, BOM, quoted header, blank lines at the end (Excel on Windows)",
+    "lone_cr": "lone CR line ends (Excel for Mac 2011)",
+    "trailing_spaces": "spaces at the end of every line",
+    "trailing_delimiter": "a trailing comma on every line",
+}
+
+
+def _pandas_text(p: Path) -> Any:
+    import pandas as pd
+
+    return pd.read_csv(p, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+
+
+def _coord_check(p: Path) -> Callable[[Any], None]:
+    import pandas as pd
+
+    ref = pd.read_csv(p, index_col=0, encoding="utf-8-sig")
+    ref.columns = [str(c).strip() for c in ref.columns]
+
+    def check(sdata) -> None:
+        t = sdata["table"]
+        assert t.n_obs == len(ref)
+        np.testing.assert_array_equal(t.obsm["spatial"], ref.loc[t.obs_names, ["xaxis", "yaxis"]].to_numpy(float))
+
+    return check
+
+
+def _metadata_check(p: Path, slide: str) -> Callable[[Any], None]:
+    ref = _pandas_text(p)
+    ref.columns = [str(c).strip() for c in ref.columns]
+    row = ref.set_index("slide").loc[slide]
+
+    def check(sdata) -> None:
+        u = sdata["table"].uns["stimage"]
+        for key in ("species", "tissue", "tech", "title"):
+            assert u[key] == row[key].strip(), (key, u[key], row[key])
+        assert int(u["spot_num"]) == int(row["spot_num"]) and int(u["gene_num"]) == int(row["gene_num"])
+
+    return check
+
+
+def _annotation_check(p: Path) -> Callable[[Any], None]:
+    ref = _pandas_text(p)
+    ids, labels = ref.iloc[:, 0], ref.iloc[:, 1].str.strip()
+    keep = ~ids.duplicated()
+    expected = dict(zip(ids[keep], labels[keep], strict=True))
+
+    def check(sdata) -> None:
+        t = sdata["table"]
+        got = t.obs["annotation"]
+        for spot in t.obs_names:
+            want = expected.get(spot, "")
+            if want == "":
+                assert got.isna()[spot], (spot, got[spot])
+            else:
+                assert got[spot] == want, (spot, got[spot], want)
+        assert got.notna().sum() == sum(1 for s in t.obs_names if expected.get(s, ""))
+
+    return check
+
+
+def _register_dialects() -> None:
+    kinds = {
+        "coord": (lambda b: b.files.coord, lambda b, p: _coord_check(p)),
+        "metadata": (lambda b: b.metadata, lambda b, p: _metadata_check(p, b.slide)),
+        "annotation": (lambda b: b.files.annotation, lambda b, p: _annotation_check(p)),
+    }
+    for kind, (path_of, check_of) in kinds.items():
+        for variant, summary in _DIALECTS.items():
+
+            def build(b: Base, path_of=path_of, check_of=check_of, variant=variant) -> Expected:
+                p = path_of(b)
+                p.write_bytes(_dialect(variant)(p.read_bytes()))
+                return Expected("accepted", check=check_of(b, p))
+
+            build.__name__ = f"{kind}_{variant}"
+            case(kind, summary, "accepted: identical to what pandas reads (labels and metadata text stripped of spaces)")(build)
+
+        def semicolons(b: Base, path_of=path_of, kind=kind) -> Expected:
+            p = path_of(b)
+            lines = _read_lines(p)
+            p.write_text("".join(";".join(next(csv.reader([line]))) + "\n" for line in lines if line.strip()), encoding="utf-8")
+            return _error(p, "line 1", message="separated by semicolons (';'), not commas")
+
+        semicolons.__name__ = f"{kind}_semicolons"
+        case(kind, "fields separated by `;` (spreadsheet with a European locale)", "`FormatError` names the `;` separator, line 1")(semicolons)
+
+
+_register_dialects()
+
+
+@case("counts", "fields separated by `;` (spreadsheet with a European locale)", "`FormatError` names the `;` separator, line 1")
+def counts_semicolons(b: Base) -> Expected:
+    p = b.files.counts
+    p.write_bytes(p.read_bytes().replace(b",", b";"))
+    return _error(p, "line 1", message="separated by semicolons (';'), not commas")
 
 
 # --------------------------------------------------------------------------- layout
@@ -1080,3 +1378,47 @@ def analyze_damaged_indices(store: Path) -> StoreExpected:
     v[10] = 10**8
     a[...] = v
     return StoreExpected(("the store is damaged", "outside 0..39"), status="failed")
+
+
+def _rename_slide(b: Base, new: str) -> str:
+    """Rename the base slide's files and its metadata row to ``new``; return ``new``."""
+    for path in [*b.files.required().values(), b.files.annotation]:
+        if path is not None and path.exists():
+            path.rename(path.with_name(path.name.replace(b.slide, new)))
+    meta = b.metadata
+    meta.write_text(meta.read_text(encoding="utf-8").replace(f'"{b.slide}"', f'"{new}"', 1), encoding="utf-8")
+    return new
+
+
+def _store_named(slide: str) -> Callable[[Any], None]:
+    def check(sdata) -> None:
+        assert sdata["table"].uns["stimage"]["slide"] == slide
+
+    return check
+
+
+@case("slide id", "a 240-character id", "accepted: temporary siblings keep within 255 bytes (`~<hash>` stem), store `<id>.zarr`")
+def slide_id_240_chars(b: Base) -> Expected:
+    slide = _rename_slide(b, ("GSE" + "1234567890" * 23 + "_GSM0000001")[:240])
+    return Expected("accepted", check=_store_named(slide), slide=slide)
+
+
+@case("slide id", "an id ending with a space (`'X '`), selected with `--slide 'X '`", "accepted: the id is matched verbatim")
+def slide_id_trailing_space(b: Base) -> Expected:
+    slide = _rename_slide(b, b.slide + " ")
+    return Expected("accepted", check=_store_named(slide), slide=slide)
+
+
+@case("slide id", "an id holding a comma (`'A,B'`), selected with `--slide 'A,B'`", "accepted: a `--slide` value that is exactly a known id is not split at commas")
+def slide_id_with_comma(b: Base) -> Expected:
+    slide = _rename_slide(b, b.slide.replace("_Visium", ",Visium"))
+    return Expected("accepted", check=_store_named(slide), slide=slide)
+
+
+@case("layout", "the slide's files under another technology folder (`ST/` for a Visium slide)", "`SlideNotFoundError` names the missing files and says they are under the wrong technology folder")
+def layout_wrong_tech_folder(b: Base) -> Expected:
+    for path in b.files.required().values():
+        dest = b.root / "ST" / path.relative_to(b.root / "Visium")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(dest)
+    return _error(b.files.counts, exc=SlideNotFoundError, message="wrong technology folder")

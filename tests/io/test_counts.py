@@ -101,9 +101,35 @@ def write_counts(
 
 
 def oracle(data: bytes) -> np.ndarray:
-    """Values as pandas reads them (what everyone does today)."""
-    df = pd.read_csv(io.BytesIO(data), index_col=0)
+    """Values as pandas reads them, correctly rounded (``float_precision="round_trip"``)."""
+    df = pd.read_csv(io.BytesIO(data), index_col=0, float_precision="round_trip")
     return df.to_numpy(dtype=np.float64)
+
+
+def _significant_digits(v: float) -> int:
+    digits = np.format_float_scientific(v, unique=True, trim="-").split("e")[0].replace(".", "")
+    return len(digits.lstrip("0").rstrip("0")) or 1
+
+
+def expected_dtype(values: np.ndarray) -> np.dtype:
+    """The documented rule (docs/data_contract.md), from the values pandas reads."""
+    v = values[values != 0]
+    if np.all(v == np.round(v)):
+        return np.dtype(np.int32 if v.size == 0 or v.max() <= 2**31 - 1 else np.int64)
+    tiny, big = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+    f32 = all(
+        float(np.float32(x)) == x or (_significant_digits(x) <= 6 and tiny <= x <= big) for x in v
+    )
+    return np.dtype(np.float32 if f32 else np.float64)
+
+
+def assert_exact(X: np.ndarray, expected: np.ndarray) -> None:
+    """Every value stored exactly: integers and float64 equal; a float32 gives back the decimal."""
+    if X.dtype == np.float32:
+        for x, e in zip(X.ravel(), expected.ravel(), strict=True):
+            assert float(x) == e or float(np.format_float_positional(x, unique=True)) == e, (x, e)
+    else:
+        np.testing.assert_array_equal(X.astype(np.float64), expected)
 
 
 def check_against_oracle(c: Counts, data: bytes, genes, ids) -> None:
@@ -113,9 +139,8 @@ def check_against_oracle(c: Counts, data: bytes, genes, ids) -> None:
     assert list(c.genes) == list(genes)
     assert list(c.spot_ids) == list(ids)
     assert c.spot_ids.dtype == object and c.genes.dtype == object
-    integral = bool(np.all(expected == np.round(expected)) and np.all(expected < 2**31))
-    assert c.X.dtype == (np.int32 if integral else np.float32)
-    np.testing.assert_array_equal(c.X.toarray(), expected.astype(c.X.dtype))
+    assert c.X.dtype == expected_dtype(expected)
+    assert_exact(c.X.toarray(), expected)
     # canonical CSR: no explicit zeros, sorted column indices
     assert np.all(c.X.data != 0)
     assert c.X.has_canonical_format
@@ -232,15 +257,69 @@ def test_float_after_integers_converts_earlier_rows(chunk):
     rows = [f"s{i}," + ",".join(["0.0", "7.0", "16777217.0"]) for i in range(50)] + ["last,0.5,0,1"]
     data = (",a,b,c\n" + "\n".join(rows) + "\n").encode()
     c = read_counts(io.BytesIO(data), chunk_bytes=chunk, workers=2)
-    assert c.X.dtype == np.float32
-    np.testing.assert_array_equal(c.X.toarray(), oracle(data).astype(np.float32))
+    # 16777217 is not a float32: a non-integer in the file makes the whole matrix float64
+    assert c.X.dtype == np.float64
+    np.testing.assert_array_equal(c.X.toarray(), oracle(data))
 
 
-def test_int32_overflow_gives_float32():
+def test_int32_overflow_gives_int64():
     c = read_counts(io.BytesIO(b",a,b\ns1,2147483647,1\n"))
     assert c.X.dtype == np.int32 and c.X[0, 0] == 2**31 - 1
-    c = read_counts(io.BytesIO(b",a,b\ns1,2147483648,1\n"))
-    assert c.X.dtype == np.float32 and c.X[0, 0] == np.float32(2**31)
+    c = read_counts(io.BytesIO(b",a,b\ns1,2147483653,1\n"))
+    assert c.X.dtype == np.int64 and c.X[0, 0] == 2147483653
+    c = read_counts(io.BytesIO(b",a,b\ns1,9007199254740992,1\n"))
+    assert c.X.dtype == np.int64 and c.X[0, 0] == 2**53
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 20])
+@pytest.mark.parametrize(
+    ("rows", "dtype"),
+    [
+        (["16777217,3.5", "0,1"], np.float64),  # the issue's case: float32 would give 16777216
+        (["16777216,3.5", "0,1"], np.float32),  # 2**24 is a float32
+        (["0.1,3.5", "0,1"], np.float32),  # float32 gives back "0.1"
+        (["0.1234567,1", "0,1"], np.float64),  # 7 significant digits
+        (["0.30000000000000004,1", "0,1"], np.float64),  # 17 digits (Python's repr)
+        (["1e-30,1", "0,2.5"], np.float32),
+        (["1e-40,1", "0,2.5"], np.float64),  # below float32's normal range
+        (["2147483653,0", "0,1"], np.int64),
+        (["2147483653,0.5", "0,1"], np.float64),
+        (["4294967296,0.5", "0,1"], np.float32),  # 2**32 is a float32
+    ],
+)
+def test_dtype_holds_every_value_exactly(rows, dtype, chunk):
+    data = (",a,b\n" + "".join(f"s{i},{r}\n" for i, r in enumerate(rows))).encode()
+    for later in (False, True):  # the value that decides the dtype first, or in a later block
+        text = data if not later else (",a,b\n" + "".join(f"t{i},0,1\n" for i in range(40))).encode() + data[5:]
+        c = read_counts(io.BytesIO(text), chunk_bytes=chunk, workers=2)
+        expected = oracle(text)
+        assert c.X.dtype == dtype == expected_dtype(expected)
+        assert_exact(c.X.toarray(), expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern"),
+    [
+        ("9007199254740993", "out of range"),  # 2**53 + 1: float64 cannot hold it
+        ("1e20", "out of range"),
+        ("1e39", "out of range"),
+        ("1e-400", "out of range"),  # underflows float64
+        ("1e-310", "out of range"),  # float64 subnormal: digits lost
+        ("0.12345678901234567891", "more than 17 significant digits"),
+    ],
+)
+def test_values_that_cannot_be_stored_exactly_are_refused(value, pattern):
+    data = f",a,b\ns1,1,2\ns2,{value},1\n".encode()
+    with pytest.raises(FormatError, match=pattern) as e:
+        read_counts(io.BytesIO(data))
+    assert e.value.line == 3
+
+
+def test_dtype_float32_refuses_inexact_values():
+    with pytest.raises(FormatError, match="float32 was asked for"):
+        read_counts(io.BytesIO(b",a,b\ns1,16777217,3.5\n"), dtype="float32")
+    c = read_counts(io.BytesIO(b",a,b\ns1,16777217,3.5\n"), dtype="float64")
+    assert c.X.dtype == np.float64 and c.X[0, 0] == 16777217
 
 
 def test_dtype_float32_override():
@@ -309,6 +388,7 @@ GOOD = b"s1,0.0,1.0,2.0\n"
         (b"s9,0,0,0,0,0,0,0\n", "g2", "too many values"),
         (b"s9,1.0,,2.0\n", "g1", "empty value"),
         (b"s9,1.0,2.0,\n", "g2", "empty value"),
+        (b"s9,1.0,  ,2.0\n", "g1", "empty value"),
         (b's9,1.0,"",2.0\n', "g1", "empty value"),
         (b"s9,NaN,1,2\n", "g0", "non-finite value 'NaN'"),
         (b"s9,1,nan,2\n", "g1", "non-finite"),
@@ -321,10 +401,9 @@ GOOD = b"s1,0.0,1.0,2.0\n"
         (b"s9,1,1.2.3,2\n", "g1", "not a number"),
         (b"s9,1,1e,2\n", "g1", "not a number"),
         (b"s9,1,3x,2\n", "g1", "not a number"),
-        (b"s9,1, 3,2\n", "g1", "not a number"),
+        (b"s9,1, 3x,2\n", "g1", "not a number"),
         (b"s9,1,0x1F,2\n", "g1", "not a number"),
-        (b"s9,1,2,3\rs10,1,2,3\n", "g2", "not a number"),
-        (b"s9,1,1e39,2\n", "g1", "float32 range"),
+        (b"s9,1,1e39,2\n", "g1", "out of range"),
     ],
 )
 def test_malformed_values_name_line_and_gene(bad_row, gene, pattern, chunk, workers):
@@ -393,7 +472,7 @@ BAD_TOKENS = [
     "1-",
     "e5",
     ".",
-    "1 ",
+    "1 x",
 ]
 
 
@@ -448,3 +527,24 @@ def test_control_character_in_spot_id_is_an_error():
 
     with pytest.raises(FormatError, match=r"line 3\).*control character"):
         read_counts(io.BytesIO(b",g1,g2\na,1.0,0.0\nb\x00x,0,2\n"))
+
+
+@pytest.mark.parametrize("chunk", [3, 100, 1 << 20])
+@pytest.mark.parametrize(
+    ("seq", "dtype"),
+    [
+        (["4294967296,0", "0,0.5"], np.float32),  # int32 -> int64 -> float32 (narrowed in place)
+        (["2147483653,0", "0,0.5"], np.float64),  # int32 -> int64 -> float64
+        (["3,1", "2147483653,0", "0.1234567,1", "7,7"], np.float64),
+        (["0.5,1", "16777217,2"], np.float64),  # float32 -> float64
+    ],
+)
+def test_dtype_changes_across_blocks_keep_earlier_values(seq, dtype, chunk):
+    rng = np.random.default_rng(0)
+    rows = [f"s{i},{rng.integers(0, 9)},{rng.integers(0, 9)}" for i in range(300)]
+    for j, r in enumerate(seq):
+        rows.insert(50 + 80 * j, f"x{j},{r}")
+    data = (",a,b\n" + "\n".join(rows) + "\n").encode()
+    c = read_counts(io.BytesIO(data), chunk_bytes=chunk, workers=2)
+    assert c.X.dtype == dtype
+    assert_exact(c.X.toarray(), oracle(data))

@@ -280,3 +280,33 @@ def test_checksums_follow_the_table_swap_and_catch_damage_after_it(store_copy, s
     group = zarr.open_group(str(path / "tables" / "table" / "layers" / "counts"), mode="r+")
     group["data"][0] = group["data"][0] + 1
     assert "raw counts (layers/counts) differ from those written" in str(validate(path))
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "altered"),
+    [("2147483653", np.int64, 2147483648), ("16777217", np.float64, 16777216)],
+)
+def test_source_comparison_is_exact_beyond_int32_and_float32(value, dtype, altered, tmp_path, capsys, stimage_logging):
+    """Values int32/float32 would round are stored exactly; a one-unit change is caught."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from corpus import _set_cell, make_base
+    from stimage_sd.io import convert_slide
+
+    base = make_base(tmp_path / "release")
+    _set_cell(base.files.counts, 3, 5, value)
+    if dtype == np.float64:
+        _set_cell(base.files.counts, 4, 6, "3.5")  # a non-integer: float, and float32 would round
+    store = convert_slide(base.root, base.slide, tmp_path / "out")
+    table = sd.read_zarr(store, selection=("tables",))["table"]
+    assert table.X.dtype == dtype and int(value) in table.X.data
+    assert main(["--quiet", "validate", str(store), "--source", str(base.root)]) == 0
+    group = zarr.open_group(str(store / "tables" / "table" / "X"), mode="r+")
+    data = group["data"][:]
+    k = int(np.flatnonzero(data == int(value))[0])
+    group["data"][k] = altered
+    capsys.readouterr()
+    assert main(["--quiet", "validate", str(store), "--source", str(base.root)]) == 1
+    out = capsys.readouterr()
+    assert f"store {altered}, release {value}" in out.out + out.err

@@ -212,6 +212,8 @@ def convert_many(
         raise StimageError(f"dataset root {root} does not exist or is not a folder")
     limit = parse_bytes(memory_limit) if isinstance(memory_limit, str) else memory_limit
     budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else memory_budget
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StimageError(f"{out_dir}: the output path exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 

@@ -17,11 +17,12 @@ MEM_BASE = 200 * 2**20
 #: Per stored non-zero count: CSR data + indices (8 B) plus the row re-ordering copy
 #: (measured 9-11 B).
 MEM_PER_NNZ = 12
-#: Per image pixel and decoded byte: decoders that copy (PIL: its own buffer and the numpy
-#: array) hold the decoded pixels twice, tifffile once.
-MEM_DECODE_COPIES = {"png": 2, "jpeg": 2, "tiff": 1}
+#: Per image pixel and decoded byte: PNG and JPEG are decoded whole by PIL, which holds the
+#: pixels once (regions are copied out chunk by chunk); a TIFF's tiles are read lazily.
+MEM_DECODE_COPIES = {"png": 1, "jpeg": 1, "tiff": 1}
 #: Per image pixel on top of the decoded bytes: the uint8 RGB array (3 B) and its
-#: pyramid (~1 B). Measured totals: 9.1 B/px for RGB PNG, 9.7 for RGBA PNG, 4 for RGB TIFF.
+#: pyramid (~1 B). Measured totals: 7.1 B/px for an RGB PNG (10.1 when PIL's pixels were
+#: also copied into one numpy array), 4 for an RGB TIFF.
 MEM_PER_PIXEL_RGB = 4
 #: Assumed fraction of non-zero counts (the release's Visium files are 5-15 % non-zero,
 #: VisiumHD bins far sparser); the estimate errs on the high side.

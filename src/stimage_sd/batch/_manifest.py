@@ -15,7 +15,7 @@ from .._constants import TECHS
 from .._logging import logger
 from ..errors import StimageError
 from ..io._layout import SlideFiles
-from ..io._transaction import TMP_TAG, TRASH_TAG, atomic_write_json, store_attrs
+from ..io._transaction import TMP_TAG, TRASH_TAG, atomic_write_json, sibling_stem, store_attrs
 
 #: File name of the run manifest inside the output folder.
 MANIFEST_NAME = "manifest.json"
@@ -219,9 +219,11 @@ def cleanup_partials(out_dir: Path) -> int:
     from ..io._transaction import LOCK_SUFFIX, journaled_siblings, lock_holder, remove_stale_lock
 
     n = 0
+    stores = {sibling_stem(s): s for s in out_dir.glob("*.zarr")}  # long ids: hashed stems
     for tag in (TMP_TAG, TRASH_TAG):
         for p in out_dir.glob(f".*.zarr{tag}*"):
-            store = out_dir / p.name[1:].split(tag, 1)[0]
+            stem = p.name[1:].split(tag, 1)[0]
+            store = stores.get(stem, out_dir / stem)
             if p.name in journaled_siblings(store):  # an interrupted table swap: recoverable
                 continue
             if lock_holder(store) is not None:  # a live run (e.g. an analysis) is writing it
@@ -229,7 +231,8 @@ def cleanup_partials(out_dir: Path) -> int:
             shutil.rmtree(p, ignore_errors=True)
             n += 1
     for p in out_dir.glob(f".*.zarr{LOCK_SUFFIX}"):  # the store lock of a dead run
-        if remove_stale_lock(out_dir / p.name[1:].removesuffix(LOCK_SUFFIX)):
+        stem = p.name[1:].removesuffix(LOCK_SUFFIX)
+        if remove_stale_lock(stores.get(stem, out_dir / stem)):
             n += 1
     for p in out_dir.glob(f".{MANIFEST_NAME}.tmp-*"):  # a manifest update cut short
         p.unlink(missing_ok=True)

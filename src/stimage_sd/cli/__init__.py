@@ -72,7 +72,17 @@ def _stderr_console():
 
 
 # register subcommands (each module adds its commands to ``app``)
-from . import _analyze, _catalog, _convert, _patches, _publish, _validate, _view  # noqa: E402, F401
+from . import (  # noqa: E402, F401
+    _analyze,
+    _benchmark,
+    _catalog,
+    _cohort,
+    _convert,
+    _patches,
+    _publish,
+    _validate,
+    _view,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,4 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as e:  # read-only folder, full disk, unreadable file: a message, not a traceback
+        from rich.markup import escape
+
+        from .._utils import os_error_message
+
+        _stderr_console().print(f"[bold red]error:[/] {escape(os_error_message(e))}", highlight=False, soft_wrap=True)
+        return 1
     return rv if isinstance(rv, int) else 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from . import app
-from ._filters import CatalogFilter, filter_options
+from ._filters import CatalogFilter, filter_options, slide_args
 
 
 def _results_table(results, title: str):
@@ -90,7 +90,12 @@ def convert(
     """
     from ..batch import convert_many, select_slides
 
-    ids = select_slides(root, filters.slide_ids() if filters else (slide or None), tech or None)
+
+    named = (filters.slide if filters else None) or slide
+    known = _known_ids(root) if named else None
+    ids = select_slides(
+        root, filters.slide_ids(known) if filters else (slide_args(slide, known) if slide else None), tech or None
+    )
     if filters is not None and set(filters.catalogue_kwargs()) - {"tech"}:
         # catalogue filters (--species, --annotated, ...): need ROOT's metadata table
         from ..hub import Catalog
@@ -164,3 +169,16 @@ def demo(
             markup=False,
         )
     _report_failures(results)
+
+
+def _known_ids(root: Path) -> set[str]:
+    """Slide ids of ROOT (on disk and in its metadata table), for verbatim ``--slide`` matches."""
+    from ..io import find_metadata, list_slides
+
+    ids = set(list_slides(root))
+    meta = find_metadata(root)
+    if meta is not None:
+        from ..io._metadata import read_metadata
+
+        ids |= set(read_metadata(meta).index)
+    return ids

@@ -20,6 +20,7 @@ import functools
 import inspect
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,11 +53,15 @@ class CatalogFilter:
     slides_file: Path | None = None
     split: str | None = None
 
-    def slide_ids(self) -> list[str] | None:
-        """Slide ids named with ``--slide`` and ``--slides-file`` (``None`` if neither)."""
+    def slide_ids(self, known: Iterable[str] | None = None) -> list[str] | None:
+        """Slide ids named with ``--slide`` and ``--slides-file`` (``None`` if neither).
+
+        A ``--slide`` value that is exactly a ``known`` slide id is taken verbatim (ids may
+        hold commas and spaces); other values are split at commas and stripped.
+        """
         ids: list[str] = []
         if self.slide:
-            ids += _split_commas(self.slide)
+            ids += slide_args(self.slide, known)
         if self.slides_file is not None:
             ids += read_slide_list(self.slides_file, split=self.split)
         elif self.split is not None:
@@ -99,12 +104,25 @@ class CatalogFilter:
         """
         kwargs = self.catalogue_kwargs()
         um = {k: kwargs.pop(k) for k in ("min_um_per_px", "max_um_per_px") if k in kwargs}
-        cat = catalog.filter(slides=self.slide_ids(), **kwargs)
+        cat = catalog.filter(slides=self.slide_ids(known=catalog.slides), **kwargs)
         if um:
             if "um_per_px" not in cat.table.columns:
                 cat = cat.with_resolution()
             cat = cat.filter(**um)
         return cat
+
+
+def slide_args(values: list[str], known: Iterable[str] | None = None) -> list[str]:
+    """``--slide`` values to slide ids.
+
+    A value that is exactly a known id is kept verbatim (release ids may end with a space
+    or hold a comma); others are split at commas and stripped.
+    """
+    known = set(known) if known is not None else set()
+    out: list[str] = []
+    for v in values:
+        out += [v] if v in known else _split_commas([v])
+    return out
 
 
 def _split_commas(values: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ genes, true pixel size); :func:`make_release` writes several plus the metadata t
 """
 
 from ._generator import make_release, make_slide, slide_truth, write_metadata
+from ._memory import make_table
 from ._sample import DEFAULT_SAMPLE_DIR, SAMPLE_SPECS, sample, sample_truth
 from ._spec import DEFAULT_GRID, DEFAULT_UM_PER_PX, SlideSpec, SlideTruth
 
@@ -19,6 +20,7 @@ __all__ = [
     "SlideTruth",
     "make_release",
     "make_slide",
+    "make_table",
     "sample",
     "sample_truth",
     "slide_truth",

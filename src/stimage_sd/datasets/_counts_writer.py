@@ -74,7 +74,8 @@ class CountModel:
     """Expression profiles and library sizes of one slide."""
 
     def __init__(self, spec: SlideSpec, layout: Layout, genes: GenePanel):
-        rng = rng_for(spec.seed, spec.slide, "model")
+        rng = rng_for(*spec.panel_key, "model")  # shared by the slides of a study
+        own_rng = rng if spec.study is None else rng_for(spec.seed, spec.slide, "library")
         G = len(genes.names)
         D = spec.n_domains
         kind = genes.kind
@@ -95,8 +96,11 @@ class CountModel:
         fold_f = [rng.lognormal(0.0, 0.2, size=n_mark) for _ in range(D)]
         n = len(layout.ids)
         dom_lib = rng.lognormal(0.0, 0.2, size=D)
-        lib_f = rng.lognormal(0.0, 0.45, size=n)
+        lib_f = own_rng.lognormal(0.0, 0.45, size=n)
         self.theta = rng.uniform(1.5, 6.0, size=G)  # NB size per gene
+        batch = None
+        if spec.batch_effect > 0:  # slide-specific gene-wise capture efficiency
+            batch = rng_for(spec.seed, spec.slide, "batch").lognormal(0.0, spec.batch_effect, size=G)
 
         def profiles(med: float) -> np.ndarray:
             own_p = np.zeros(G)
@@ -113,7 +117,11 @@ class CountModel:
                 mass = mk.sum(axis=1, keepdims=True)
             rest = prof.copy()
             rest[:, is_marker] = 0.0
-            return rest / rest.sum(axis=1, keepdims=True) * (1.0 - mass) + mk  # (D, G)
+            out = rest / rest.sum(axis=1, keepdims=True) * (1.0 - mass) + mk  # (D, G)
+            if batch is not None:
+                out = out * batch[None, :]
+                out /= out.sum(axis=1, keepdims=True)
+            return out
 
         med = _DEPTH_PER_GENE[spec.tech] * G * spec.depth
         if spec.density is not None:  # calibrate the depth to the requested non-zero fraction

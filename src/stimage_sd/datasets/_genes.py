@@ -114,8 +114,8 @@ def _filler(rng: np.random.Generator, human: bool) -> str:
 
 
 def build_genes(spec: SlideSpec) -> GenePanel:
-    """The gene columns of a spec, deterministic in its seed and slide id."""
-    rng = rng_for(spec.seed, spec.slide, "genes")
+    """The gene columns of a spec, deterministic in its seed and slide id (or its study)."""
+    rng = rng_for(*spec.panel_key, "genes")
     human = spec.species.strip().lower().startswith("human")
     conv = (lambda s: s) if human else _mouse
     mt = [f"MT-{g}" for g in _MT] if human else [f"mt-{g}" for g in _MOUSE_MT]

@@ -63,14 +63,18 @@ class DomainField:
             self.r_tissue = float(np.quantile(d, max(spec.tissue_fraction, 0.05)))
         inside = d <= self.r_tissue
         ty, tx = sample_y[inside], sample_x[inside]
-        if self.layout == "layers":
+        if self.layout in ("layers", "curved_layers"):
             self.phase = float(rng.uniform(0, 2 * math.pi))
             self.amp = float(rng.uniform(0.06, 0.12))
             self.freq = float(rng.uniform(0.5, 1.0))
-            t = self._layer_coord(ty, tx)
             w = rng.uniform(0.6, 1.4, size=self.n)
             if self.n >= 3:
                 w[0] *= 0.6  # a thin outer layer, like cortical L1
+            if self.layout == "curved_layers":  # strongly folded, every other layer thin
+                self.amp *= 2.0
+                self.freq *= 1.5
+                w[1::2] *= 0.4
+            t = self._layer_coord(ty, tx)
             q = np.cumsum(w)[:-1] / w.sum()
             self.cuts = np.quantile(t, q) if len(t) else q
         else:
@@ -105,16 +109,21 @@ class DomainField:
             share = rng.uniform(0.7, 1.3, size=n_fg)
             share[0] *= 1.8  # the tumour is the largest compartment
             share = 0.5 * share / share.sum()
+            varied = self.layout == "varied_blobs"
             for k in range(n_fg):
                 n_isl = int(rng.integers(1, 4))
                 a = share[k] * area * cell / n_isl
-                for _ in range(n_isl):
+                # varied_blobs: islands from ~0.2x to ~3x the mean area (radii over ~4x)
+                sizes = rng.lognormal(0.0, 0.8, size=n_isl + 1) if varied else np.ones(n_isl + 1)
+                sizes = sizes / sizes.mean()
+                for i_isl in range(n_isl + int(varied)):
+                    a_i = a * float(sizes[i_isl])
                     for _try in range(30):
                         j = int(rng.integers(len(ty)))
                         cy, cx = float(ty[j]), float(tx[j])
                         if all((cy - c[0]) ** 2 + (cx - c[1]) ** 2 > (c[2] * 1.1) ** 2 for c in centres):
                             break
-                    r = math.sqrt(a / math.pi) * float(rng.uniform(0.85, 1.15))
+                    r = math.sqrt(a_i / math.pi) * float(rng.uniform(0.85, 1.15))
                     centres.append((cy, cx, r, k + 1))
         self.centres = np.array([c[:3] for c in centres], dtype=np.float64).reshape(-1, 3)
         self.centre_dom = np.array([c[3] for c in centres], dtype=np.int64)
@@ -126,7 +135,7 @@ class DomainField:
         shape = np.broadcast_shapes(y.shape, x.shape)
         if self.n == 1:
             return np.zeros(shape, dtype=np.int64)
-        if self.layout == "layers":
+        if self.layout in ("layers", "curved_layers"):
             t = self._layer_coord(y, x)
             return np.searchsorted(self.cuts, t).astype(np.int64)
         best = np.full(shape, 0.0, dtype=np.float32)
@@ -186,6 +195,10 @@ def build_layout(spec: SlideSpec) -> Layout:
     keep = field.tissue(yu, xu)
     if keep.sum() < 2:
         keep[:] = True
+    if spec.spot_dropout > 0:  # spots lost at random (QC filtering, a sparsely sampled array)
+        lost = rng_for(spec.seed, spec.slide, "dropout").random(len(keep)) < spec.spot_dropout
+        if (keep & ~lost).sum() >= 2:
+            keep &= ~lost
     rr, cc, xu, yu = rr[keep], cc[keep], xu[keep], yu[keep]
 
     radius_px = spec.radius_um / ump

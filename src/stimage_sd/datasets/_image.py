@@ -60,7 +60,7 @@ def _looks(spec: SlideSpec) -> list[_DomainLook]:
     out: list[_DomainLook] = []
     for k in range(n):
         j = rng.uniform(-1, 1, size=7)
-        if spec.domain_layout == "blobs":
+        if spec.domain_layout in ("blobs", "varied_blobs"):
             if k == 0:  # stroma: sparse elongated fibroblasts, strong eosin, fibres
                 base = _DomainLook(0.18, 2.4, 2.6, 0.9, 0.05, 0.55, 0.45)
             elif k == 1:  # tumour: crowded large dark nuclei

@@ -24,7 +24,7 @@ DEFAULT_UM_PER_PX: dict[str, float] = {"ST": 0.91, "Visium": 3.4, "VisiumHD": 0.
 
 _IMAGE_FORMATS = ("png", "jpeg", "tiff")
 _IMAGE_MODES = ("RGB", "RGBA", "L", "RGB16")
-_LAYOUTS = ("layers", "blobs")
+_LAYOUTS = ("layers", "blobs", "curved_layers", "varied_blobs")
 
 
 @dataclass
@@ -49,8 +49,12 @@ class SlideSpec:
     n_domains
         Number of spatial domains (each has its own marker genes).
     domain_layout
-        ``"layers"`` (curved cortical-like bands) or ``"blobs"`` (tumour/immune islands in
-        stroma; domain 0 is the stroma).
+        ``"layers"`` (curved cortical-like bands), ``"blobs"`` (tumour/immune islands in
+        stroma; domain 0 is the stroma), ``"curved_layers"`` (strongly folded bands, every
+        other one thin: a few spots across on Visium) or ``"varied_blobs"`` (like
+        ``"blobs"``, with one more island per compartment and island areas spread from
+        ~0.2x to ~3x their mean). The last two, with weak markers (``marker_fold`` 1.5-2.5),
+        are the layouts that tell spatial-domain methods apart (``benchmarks/bench_domains.py``).
     domain_names
         Label of each domain in the annotation file; ``None``: ``L1``, ``L2``, ..., ``WM``
         for layers and ``Stroma``, ``Tumor``, ``TLS``, ... for blobs.
@@ -99,8 +103,20 @@ class SlideSpec:
     tissue_fraction
         Rough fraction of the array covered by tissue (an irregular blob); ``1.0`` keeps
         every array position.
+    spot_dropout
+        Fraction of the on-tissue spots removed at random (seeded), as after heavy QC
+        filtering or on a sparsely sampled array; ``0`` keeps them all.
     seed
         Random seed; the same spec and seed give byte-identical files.
+    study
+        Name of a study the slide belongs to. Slides of one study share their gene panel
+        (names, markers, header order) and the expression profile of each domain, as
+        serial sections of one experiment do (their tissue layout, library sizes and
+        noise stay per slide). ``None``: everything is drawn for this slide alone.
+    batch_effect
+        Standard deviation of slide-specific, gene-wise log-normal factors multiplying
+        every domain profile (a technical batch effect: capture efficiency per gene and
+        slide); ``0`` adds none. Combine with ``depth`` for per-slide depth differences.
     cancer, pmid, title, abstract, keywords
         Metadata fields (``None`` leaves the field empty, except ``title``/``abstract``
         which then get a generated text).
@@ -140,7 +156,10 @@ class SlideSpec:
     label_column: str = "V2"
     margin_px: int | None = None
     tissue_fraction: float = 0.85
+    spot_dropout: float = 0.0
     seed: int = 0
+    study: str | None = None
+    batch_effect: float = 0.0
     cancer: bool = False
     pmid: str | None = None
     title: str | None = None
@@ -172,10 +191,14 @@ class SlideSpec:
             raise StimageError("tiff_tile must be a multiple of 16")
         if self.domain_layout not in _LAYOUTS:
             raise StimageError(f"domain_layout must be one of {_LAYOUTS}, got {self.domain_layout!r}")
+        if not 0.0 <= self.spot_dropout < 1.0:
+            raise StimageError(f"slide {self.slide!r}: spot_dropout must be in [0, 1), got {self.spot_dropout}")
         if self.density is not None and not 0.0 < self.density < 1.0:
             raise StimageError("density must be between 0 and 1")
         if not self.depth > 0:
             raise StimageError("depth must be positive")
+        if not self.batch_effect >= 0:
+            raise StimageError("batch_effect must be >= 0")
         if self.n_domains < 1:
             raise StimageError("n_domains must be >= 1")
         if self.domain_names is not None and len(self.domain_names) != self.n_domains:
@@ -183,6 +206,11 @@ class SlideSpec:
         n_special = 13 + 8 + self.n_domains * self.n_markers + self.duplicate_genes
         if self.n_genes < n_special + 10:
             raise StimageError(f"n_genes must be at least {n_special + 10} for this spec")
+
+    @property
+    def panel_key(self) -> tuple[int, str]:
+        """``(seed, name)`` that draws the gene panel and domain profiles (shared by a study)."""
+        return (0, f"study:{self.study}") if self.study is not None else (self.seed, self.slide)
 
     @property
     def pitch_um(self) -> float:

@@ -26,7 +26,7 @@ def default_domain_names(spec: SlideSpec) -> list[str]:
     if spec.domain_names is not None:
         return list(spec.domain_names)
     n = spec.n_domains
-    if spec.domain_layout == "layers":
+    if spec.domain_layout in ("layers", "curved_layers"):
         if n == 1:
             return ["L1"]
         return [f"L{k + 1}" for k in range(n - 1)] + ["WM"]

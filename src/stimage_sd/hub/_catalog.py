@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import pandas as pd
 from .._constants import TECHS
 from .._logging import logger, progress_enabled
 from ..errors import StimageError
+from ..io._ids import study_of
 from ..io._layout import find_metadata, validate_slide_id
 from ..io._metadata import read_metadata
 from ._client import (
@@ -46,37 +46,9 @@ from ._download import PARTS, Listing, RemoteFile, list_release, repo_path
 
 __all__ = ["Catalog", "study_of"]
 
-_GEO = re.compile(r"^(GSE\d+)_GSM\d+")
 _SIZE_COLUMNS = tuple(f"size_{p}" for p in PARTS)
 _SPLIT_NAMES = {2: ("train", "test"), 3: ("train", "val", "test")}
 _TEXT_COLUMNS = ("title", "abstract", "keywords")
-
-
-def study_of(slide: str) -> str:
-    """The study a slide belongs to (the unit that must not straddle a train/test split).
-
-    Parameters
-    ----------
-    slide
-        Slide id.
-
-    Returns
-    -------
-    ``GSE<n>`` for GEO ids (``GSE<n>_GSM<m>``), else the first four ``_``-separated
-    fields (``Species_Tissue_Author_MMDDYYYY``), or the whole id when it has fewer.
-
-    Examples
-    --------
-    >>> import stimage_sd as ssd
-    >>> ssd.hub.study_of("GSE144239_GSM4284316")
-    'GSE144239'
-    >>> ssd.hub.study_of("Human_Breast_Andersson_10142021_ST_A1")
-    'Human_Breast_Andersson_10142021'
-    """
-    m = _GEO.match(slide)
-    if m:
-        return m.group(1)
-    return "_".join(slide.split("_")[:4])
 
 
 class Catalog:

@@ -3,7 +3,8 @@
 Readers of single release files (:func:`read_coords`, :func:`read_counts`,
 :func:`read_image`, :func:`read_annotation`, :func:`read_metadata`), the slide-level
 converter (:func:`read_slide`, :func:`convert_slide`), store I/O (:func:`write`,
-:func:`read`, :func:`is_complete`, :func:`validate`) and the crash-safe table swap
+:func:`read`, :func:`is_complete`, :func:`validate`), the cohort table over many
+stores (:func:`read_cohort`) and the crash-safe table swap
 (:func:`replace_table`, :func:`recover_store`).
 
 The catalogue and downloads moved to :mod:`stimage_sd.hub`, batch conversion to
@@ -14,10 +15,12 @@ The catalogue and downloads moved to :mod:`stimage_sd.hub`, batch conversion to
 from .._deprecation import moved_names
 from ._annotation import read_annotation
 from ._build import build_sdata, read_slide
+from ._cohort import harmonise_gene_names, normalise_symbol, read_cohort
 from ._convert import convert_slide, store_path
 from ._coords import read_coords
 from ._counts import Counts, read_counts
 from ._header import ImageHeader, read_image_header
+from ._ids import study_of
 from ._image import read_image, sniff_image_format, to_rgb8
 from ._layout import SlideFiles, find_metadata, find_slide, list_slides, validate_slide_id
 from ._legacy import to_legacy_anndata
@@ -39,10 +42,13 @@ __all__ = [
     "estimate_pixel_size",
     "find_metadata",
     "find_slide",
+    "harmonise_gene_names",
     "is_complete",
     "list_slides",
+    "normalise_symbol",
     "read",
     "read_annotation",
+    "read_cohort",
     "read_coords",
     "read_counts",
     "read_image",
@@ -53,6 +59,7 @@ __all__ = [
     "replace_table",
     "sniff_image_format",
     "store_path",
+    "study_of",
     "to_legacy_anndata",
     "to_rgb8",
     "validate",
@@ -64,7 +71,6 @@ __getattr__ = moved_names(
     __name__,
     {
         "Catalog": "stimage_sd.hub:Catalog",
-        "study_of": "stimage_sd.hub:study_of",
         "REPO_ID": "stimage_sd.hub:REPO_ID",
         "DownloadPlan": "stimage_sd.hub:DownloadPlan",
         "download": "stimage_sd.hub:download",

@@ -73,8 +73,15 @@ def _read_annotation(path: str | Path) -> tuple[pd.Series, str, dict | None]:
 
         raise utf8_error(path, "annotation file") from e
     except pd.errors.ParserError as e:
-        raise FormatError(path, f"cannot parse annotation file: {e}") from e
+        from ._coords import parser_error
+
+        raise parser_error(path, "annotation file", e) from e
     if df.shape[1] < 2:
+        from ._coords import delimiter_error
+
+        hint = delimiter_error(path, "annotation file")
+        if hint is not None:
+            raise hint
         raise FormatError(path, f"annotation file needs a spot id and a label column, header has {list(df.columns)}", line=1)
     spot_col, label_col = df.columns[0], df.columns[1]
     ids = df[spot_col].astype(str)
@@ -82,7 +89,8 @@ def _read_annotation(path: str | Path) -> tuple[pd.Series, str, dict | None]:
     conflicts = None
     if dup.any():
         logger.warning("%s: %d duplicated spot id(s) dropped (first label kept)", path, int(dup.sum()))
-        conflicts = _conflicts(ids, df[label_col].fillna("").astype(str))
+        stripped = df[label_col].astype("string").str.strip().fillna("")  # as the labels kept below
+        conflicts = _conflicts(ids, stripped.astype(str))
         if conflicts is not None:
             show = ", ".join(
                 f"{s!r}: {k!r} kept, {d!r} dropped (line {ln})"
@@ -94,7 +102,9 @@ def _read_annotation(path: str | Path) -> tuple[pd.Series, str, dict | None]:
                 "(recorded in uns['stimage']['annotation']['conflicts'])",
                 path, conflicts["n"], show, ", ..." if len(conflicts["spot"]) > 3 else "",
             )
-    labels = pd.Series(df[label_col].to_numpy(), index=pd.Index(ids, name="spot"), dtype="string")
+    # spaces around a label (a spreadsheet's padding) are not part of it; blank is missing
+    labels = pd.Series(df[label_col].to_numpy(), index=pd.Index(ids, name="spot"), dtype="string").str.strip()
+    labels = labels.mask(labels == "")
     labels = labels[~dup.to_numpy()]
     return labels, str(label_col), conflicts
 

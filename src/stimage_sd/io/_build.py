@@ -433,7 +433,9 @@ def read_slide(
     - shapes ``"spots"``: circles with the release radius; for VisiumHD squares whose
       side is the bin size (the 8 µm grid pitch, in pixels; ``shape="circle"`` gives
       circles of the release radius instead), integer index ``0..n-1``;
-    - table ``"table"``: raw counts as CSR (``int32`` if all integral, else ``float32``),
+    - table ``"table"``: raw counts as CSR, stored exactly (``int32``, ``int64``,
+      ``float32`` or ``float64``: the narrowest that holds every value, see
+      :func:`~stimage_sd.io.read_counts`),
       ``obs`` indexed by spot id with ``region``, ``spot_id`` and ``annotation``
       (when annotated), ``var`` indexed by unique gene names with the original names in
       ``var["gene_name"]``, ``obsm["spatial"]`` pixel centres ``[x, y]``,

@@ -56,11 +56,14 @@ def read_coords(path: str | Path) -> pd.DataFrame:
     except UnicodeDecodeError as e:
         raise utf8_error(path, "coordinate file") from e
     except pd.errors.ParserError as e:
-        raise FormatError(path, f"cannot parse coordinate file: {e}") from e
+        raise parser_error(path, "coordinate file", e) from e
     cols = [str(c).strip() for c in df.columns]
     df.columns = cols
     missing = [c for c in _REQUIRED if c not in cols]
     if missing:
+        hint = delimiter_error(path, "coordinate file")
+        if hint is not None:
+            raise hint
         raise FormatError(
             path, f"coordinate file lacks column(s) {missing}; header has {cols}", line=1
         )
@@ -131,3 +134,41 @@ def utf8_error(path: str | Path, what: str) -> FormatError:
                 break
             line += chunk.count(b"\n")
     return FormatError(path, f"{what} is not valid UTF-8")
+
+
+def delimiter_error(path: str | Path, what: str) -> FormatError | None:
+    """The error for a file separated by ``;`` (or tabs) instead of commas, else ``None``.
+
+    Spreadsheets with a European locale export "CSV" with ``;`` between fields (and decimal
+    commas); pandas then sees one column, or ragged rows.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+            head = fh.readline()
+    except OSError:
+        return None
+    for sep, name in ((";", "semicolons (';')"), ("\t", "tabs")):
+        if head.count(sep) and head.count(sep) >= head.count(","):
+            return FormatError(
+                path,
+                f"{what} fields are separated by {name}, not commas (a spreadsheet export "
+                "with another locale?): save it as comma-separated values",
+                line=1,
+            )
+    return None
+
+
+def parser_error(path: str | Path, what: str, e: Exception) -> FormatError:
+    """A :class:`FormatError` for a pandas ``ParserError``, with the line it names."""
+    hint = delimiter_error(path, what)
+    if hint is not None:
+        return hint
+    import re
+
+    m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+    if m:
+        return FormatError(
+            path, f"record has {m[3]} fields, the header has {m[1]}", line=int(m[2])
+        )
+    m = re.search(r"line (\d+)", str(e))
+    return FormatError(path, f"cannot parse {what}: {e}", line=int(m[1]) if m else None)

@@ -48,7 +48,11 @@ class Counts:
     Attributes
     ----------
     X
-        Spots x genes CSR matrix; ``int32`` when every value is integral, else ``float32``.
+        Spots x genes CSR matrix in the narrowest dtype that holds every value of the file
+        exactly: ``int32`` (integers up to ``2**31 - 1``), ``int64`` (integers up to
+        ``2**53``), ``float32`` (non-integers, when float32 holds every value: at most 6
+        significant digits, or a float32 number, and integers up to ``2**24``), else
+        ``float64``.
     spot_ids
         Spot ids in row order (object array of str).
     genes
@@ -80,8 +84,9 @@ def read_counts(
     column) followed by one line per spot: the spot id, then one non-negative number per
     gene. Everything a CSV writer produces for such a table is accepted: quoted fields
     (header and spot ids; ``""`` escapes a quote), ``\n`` or ``\r\n`` line ends, a missing
-    final newline, a UTF-8 byte-order mark, integers, decimals, exponents (``1e+03``) and
-    ``-0.0``. Numbers may be quoted too.
+    final newline, blank lines at the end, a UTF-8 byte-order mark, integers, decimals,
+    exponents (``1e+03``) and ``-0.0``. Numbers may be quoted and surrounded by spaces.
+    Values are stored exactly (see ``dtype``) or refused: nothing is rounded silently.
 
     Parameters
     ----------
@@ -96,8 +101,10 @@ def read_counts(
         Parser threads (default: the usable CPU cores, at most 8). The reader thread
         overlaps with them.
     dtype
-        ``None`` (default): ``int32`` when every value is an integer below ``2**31``, else
-        ``float32``. ``"float32"`` forces ``float32``.
+        ``None`` (default): the narrowest of ``int32``, ``int64``, ``float32`` and
+        ``float64`` that holds every value exactly (see :attr:`Counts.X`). ``"float32"`` or
+        ``"float64"`` forces a float dtype; a file that float32 cannot hold exactly is then
+        refused.
     checksum
         Also compute the SHA-256 of the bytes read (the whole file for a path) on the way,
         in :attr:`Counts.sha256`, instead of reading the file a second time for it.
@@ -112,9 +119,12 @@ def read_counts(
     Raises
     ------
     FormatError
-        For an empty file; ragged rows (too few or too many values); empty,
-        non-numeric, non-finite (``NaN``, ``inf``), negative or out-of-range values;
-        blank lines; malformed quoted spot ids; duplicated spot ids. The message names
+        For an empty file; ragged rows (too few or too many values, a trailing
+        delimiter); empty, non-numeric, non-finite (``NaN``, ``inf``) or negative values;
+        values that cannot be stored exactly (integers above ``2**53``, more than 17
+        significant digits, below float64's normal range); blank lines before the end;
+        lone carriage returns (classic Mac OS line ends); malformed quoted spot ids;
+        duplicated spot ids. The message names
         the file, the 1-based physical line and the gene (column) or spot.
 
     Notes
@@ -124,8 +134,8 @@ def read_counts(
     last number (``12`` for ``123``) is not detectable.
 
     """
-    if dtype is not None and np.dtype(dtype) != np.float32:
-        raise ValueError(f"dtype must be None or float32, got {dtype!r}")
+    if dtype is not None and np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be None, float32 or float64, got {dtype!r}")
     if chunk_bytes < 1 or (workers is not None and workers < 1):
         raise ValueError("chunk_bytes and workers must be positive")
     if workers is None:
@@ -133,7 +143,7 @@ def read_counts(
     keep = None if spots is None else {str(s) for s in spots}
     with _Source(source, checksum=checksum) as src:
         genes, first_line, carry, eof = _read_header(src)
-        acc = _Accumulator(src, genes, first_line, keep, force_float=dtype is not None)
+        acc = _Accumulator(src, genes, first_line, keep, force=None if dtype is None else np.dtype(dtype))
         with progress_bar(
             f"reading {Path(src.name).name}", total=src.size, progress=progress
         ) as advance:
@@ -247,6 +257,8 @@ def _read_header(src: _Source, piece: int = 1 << 16) -> tuple[np.ndarray, int, b
         if end is None and eof:
             end = len(data)
         if end is None and len(data) > _MAX_HEADER:
+            if b"\r" in data:
+                raise FormatError(src.name, _LONE_CR, line=1)
             raise FormatError(
                 src.name,
                 f"no end of the header line in its first {_MAX_HEADER >> 20} MB "
@@ -263,6 +275,8 @@ def _read_header(src: _Source, piece: int = 1 << 16) -> tuple[np.ndarray, int, b
         raise FormatError(src.name, f"header is not valid UTF-8 ({e.reason})", line=1) from e
     if text.endswith("\r"):
         text = text[:-1]
+    if "\r" in "".join(text.split('"')[::2]):  # outside quotes
+        raise FormatError(src.name, _LONE_CR, line=1)
     if not text.strip():
         raise FormatError(src.name, "empty header line", line=1)
     try:
@@ -271,6 +285,15 @@ def _read_header(src: _Source, piece: int = 1 << 16) -> tuple[np.ndarray, int, b
         raise FormatError(src.name, f"malformed header: {e}", line=1) from e
     if len(records) != 1:
         raise FormatError(src.name, "malformed header (unbalanced quotes)", line=1)
+    if len(records[0]) == 1:
+        for sep, name in ((";", "semicolons (';')"), ("\t", "tabs")):
+            if sep in text:
+                raise FormatError(
+                    src.name,
+                    f"count file fields are separated by {name}, not commas (a spreadsheet "
+                    "export with another locale?): save it as comma-separated values",
+                    line=1,
+                )
     genes = np.asarray(records[0][1:], dtype=object)
     first_line = text.count("\n") + 2
     return genes, first_line, rest, eof and not rest
@@ -371,24 +394,36 @@ _MESSAGES = {  # by the error codes of _counts_kernel (ERR_TOO_FEW = 1, ...)
     3: "empty value",
     4: "not a number: {text!r}",
     5: "negative count {text!r}",
-    6: "value {text!r} is out of the float32 range",
+    6: "value {text!r} is out of range: it cannot be stored exactly (integers up to 2**53, "
+    "non-integers within float64's normal range)",
     7: "malformed quoted spot id",
-    8: "empty line",
+    8: "empty line (blank lines are allowed only at the end of the file)",
+    9: "value {text!r} has more than 17 significant digits: float64 cannot store it exactly",
+    10: None,  # _LONE_CR
 }
+_LONE_CR = (
+    "a lone carriage return (CR) ends a line (classic Mac OS line ends): "
+    "save the file with LF or CRLF line ends"
+)
+_TRAILING = "too many values: a trailing delimiter (the row ends with a comma after the last gene)"
 
 
 class _Accumulator:
     """CSR output arrays grown in place (``ndarray.resize``: no copy, no double peak)."""
 
-    def __init__(self, src: _Source, genes: np.ndarray, first_line: int, keep, force_float: bool):
+    def __init__(self, src: _Source, genes: np.ndarray, first_line: int, keep, force: np.dtype | None):
         self.src = src
         self.genes = genes
         self.first_line = first_line
         self.keep = keep
-        self.force_float = force_float
+        self.force = force
         self.indices = np.empty(0, dtype=np.int32)
-        self.data = np.empty(0, dtype=np.int32)  # owner; viewed as float32 once non-integral
-        self.is_float = False
+        # the values: a byte buffer (grown in place) viewed as `dtype`, widened or converted
+        # in place when a block needs another dtype (see _dtype_for)
+        self.raw = np.empty(0, dtype=np.uint8)
+        self.dtype = np.dtype(np.int32)
+        self.flags = 0
+        self.blank_line: int | None = None  # first of the blank lines seen so far at a block end
         self.nnz = 0
         self.rows = 0  # data rows read from the file, kept or not
         self.bytes = 0
@@ -404,7 +439,17 @@ class _Accumulator:
         while end < n and end - pos < 60 and block.raw[end] not in b",\r\n":
             end += 1
         text = bytes(block.raw[pos:end]).decode("utf-8", "replace")
-        message = _MESSAGES[code].format(text=text)
+        message = _MESSAGES[code].format(text=text) if code != 10 else _LONE_CR
+        if code == 8 and self.blank_line is not None:
+            line = self.blank_line
+        if text == "" and (pos >= n or block.raw[pos] in b"\r\n"):
+            if code == 2:
+                message = _TRAILING
+            elif code == 3 and col == len(self.genes) - 1 and self.genes[-1] == "":
+                message = (
+                    "trailing delimiter: the header and the rows end with a comma "
+                    "(an unnamed, empty last column)"
+                )
         if code == 4 and text.strip('"+-').lower() in {"nan", "inf", "infinity"}:
             message = f"non-finite value {text!r}"
         if code == 1 and col == 0:
@@ -415,7 +460,7 @@ class _Accumulator:
         elif col >= 0 and col < len(self.genes):
             column = str(self.genes[col])
         spot = None
-        if code not in (7, 8):
+        if code not in (7, 8, 10):
             ids = bytes(block.ids[:q]).decode("utf-8", "replace").split("\n")
             if len(ids) > row:
                 spot = ids[row]
@@ -435,27 +480,81 @@ class _Accumulator:
             new = min(new, max(need, self.src.size // 2 + 2))  # a non-zero takes >= 2 bytes
         else:
             new = max(need, cap + cap // 2, 1 << 16)
+        size = self.dtype.itemsize
         if cap == 0:
             self.indices = np.empty(new, dtype=np.int32)
-            self.data = np.empty(new, dtype=np.int32)
+            self.raw = np.empty(new * size, dtype=np.uint8)
         else:
             self.indices.resize(new, refcheck=False)
-            self.data.resize(new, refcheck=False)
+            if len(self.raw) < new * size:
+                self.raw.resize(new * size, refcheck=False)
 
-    def _data_view(self) -> np.ndarray:
-        return self.data.view(np.float32) if self.is_float else self.data
+    def _view(self, dtype: np.dtype | None = None) -> np.ndarray:
+        dtype = self.dtype if dtype is None else dtype
+        n = len(self.raw) // dtype.itemsize
+        return self.raw[: n * dtype.itemsize].view(dtype)
 
-    def _to_float(self) -> None:
-        fview = self.data.view(np.float32)
+    def _convert(self, dtype: np.dtype) -> None:
+        """Convert the values read so far to ``dtype`` in place (bounded extra memory)."""
+        old = self.dtype
         step = 1 << 20
-        for i in range(0, self.nnz, step):
-            fview[i : i + step] = self.data[i : i + step].astype(np.float32)
-        self.is_float = True
+        if dtype.itemsize > old.itemsize:  # widen: from the end, so no unread value is hit
+            self.raw.resize(max(len(self.indices), 1) * dtype.itemsize, refcheck=False)
+            src, dst = self._view(old), self._view(dtype)
+            for end in range(self.nnz, 0, -step):
+                start = max(0, end - step)
+                dst[start:end] = src[start:end].astype(dtype)
+        else:  # same size or narrower: from the start
+            src, dst = self._view(old), self._view(dtype)
+            for start in range(0, self.nnz, step):
+                dst[start : start + step] = src[start : start + step].astype(dtype)
+        self.dtype = dtype
+
+    def _dtype_for(self, flags: int) -> np.dtype:
+        from ._counts_kernel import F_F32_INEXACT, F_INT64, F_NONINT
+
+        if self.force is not None:
+            if self.force == np.float32 and flags & F_F32_INEXACT:
+                raise FormatError(
+                    self.src.name,
+                    "float32 was asked for, but it cannot store every value of the file "
+                    "exactly (read it with dtype=None)",
+                )
+            return self.force
+        if flags & F_NONINT:
+            return np.dtype(np.float64 if flags & F_F32_INEXACT else np.float32)
+        return np.dtype(np.int64 if flags & F_INT64 else np.int32)
+
+    def _slow_values(self, block: _Block, n: int, rows: int, val: np.ndarray) -> int:
+        """Convert the values the kernel left to Python (``-(offset + 1)``); return flags."""
+        from ._counts_kernel import F_F32_INEXACT
+
+        flags = 0
+        for i in np.flatnonzero(val < 0):
+            pos = int(-val[i]) - 1
+            end = pos
+            while end < n and block.raw[end] not in b",\r\n":
+                end += 1
+            text = bytes(block.raw[pos:end]).decode("ascii")
+            v = float(text.strip(' \t"'))
+            if not v >= np.finfo(np.float64).tiny:
+                line = self.first_line + self.rows - rows + bytes(block.raw[:pos]).count(b"\n")
+                raise FormatError(self.src.name, _MESSAGES[6].format(text=text), line=line)
+            if not np.finfo(np.float32).tiny <= v <= np.finfo(np.float32).max:
+                flags |= F_F32_INEXACT
+            val[i] = v
+        return flags
 
     # -- one parsed block
-    def add(self, block: _Block, n: int, rows: int, nnz: int, q: int, integral: bool) -> None:
+    def add(self, block: _Block, n: int, rows: int, nnz: int, q: int, flags: int) -> None:
+        from ._counts_kernel import F_SLOW, F_TRAILING_BLANK
+
+        if self.blank_line is not None and (rows or block.err[0]):
+            block.err[:] = (8, 0, -1, 0)  # data after blank lines: they were not the end
         if block.err[0]:
             self._fail(block, n, rows, q)
+        if flags & F_TRAILING_BLANK and self.blank_line is None:
+            self.blank_line = self.first_line + self.rows + rows
         self.bytes += n
         try:
             text = bytes(block.ids[:q]).decode("utf-8")
@@ -490,25 +589,31 @@ class _Accumulator:
         self.ids.append(ids)
         if nnz == 0:
             return
-        if (not integral or self.force_float) and not self.is_float:
-            self._to_float()
+        if flags & F_SLOW:
+            flags |= self._slow_values(block, n, rows, val)
+        self.flags |= flags
+        dtype = self._dtype_for(self.flags)
+        if dtype != self.dtype:
+            self._convert(dtype)
         self._reserve(self.nnz + nnz)
         end = self.nnz + nnz
         self.indices[self.nnz : end] = idx
-        self._data_view()[self.nnz : end] = val
+        self._view()[self.nnz : end] = val
         self.nnz = end
 
     def finish(self) -> Counts:
-        if self.force_float and not self.is_float:
-            self._to_float()
+        dtype = self._dtype_for(self.flags)
+        if dtype != self.dtype:
+            self._convert(dtype)
         if len(self.indices) != self.nnz:
             if self.nnz == 0:
                 self.indices = np.empty(0, dtype=np.int32)
-                self.data = np.empty(0, dtype=np.int32)
+                self.raw = np.empty(0, dtype=np.uint8)
             else:
                 self.indices.resize(self.nnz, refcheck=False)
-                self.data.resize(self.nnz, refcheck=False)
-        data = self._data_view()
+        if len(self.raw) != self.nnz * self.dtype.itemsize:
+            self.raw.resize(self.nnz * self.dtype.itemsize, refcheck=False)
+        data = self.raw.view(self.dtype)
         row_nnz = np.concatenate(self.row_nnz) if self.row_nnz else np.empty(0, dtype=np.int64)
         n_rows = len(row_nnz)
         index_dtype = np.int32 if self.nnz < 2**31 else np.int64

@@ -6,9 +6,10 @@ import re
 
 from ..errors import StimageError
 
-__all__ = ["validate_slide_id"]
+__all__ = ["study_of", "validate_slide_id"]
 
 _BAD_ID = re.compile(r"[/\\\x00-\x1f]")
+_GEO = re.compile(r"^(GSE\d+)_GSM\d+")
 
 
 def validate_slide_id(slide: str) -> str:
@@ -47,3 +48,30 @@ def validate_slide_id(slide: str) -> str:
             "or is made only of dots"
         )
     return slide
+
+
+def study_of(slide: str) -> str:
+    """The study a slide belongs to (the unit that must not straddle a train/test split).
+
+    Parameters
+    ----------
+    slide
+        Slide id.
+
+    Returns
+    -------
+    ``GSE<n>`` for GEO ids (``GSE<n>_GSM<m>``), else the first four ``_``-separated
+    fields (``Species_Tissue_Author_MMDDYYYY``), or the whole id when it has fewer.
+
+    Examples
+    --------
+    >>> import stimage_sd as ssd
+    >>> ssd.hub.study_of("GSE144239_GSM4284316")
+    'GSE144239'
+    >>> ssd.hub.study_of("Human_Breast_Andersson_10142021_ST_A1")
+    'Human_Breast_Andersson_10142021'
+    """
+    m = _GEO.match(slide)
+    if m:
+        return m.group(1)
+    return "_".join(slide.split("_")[:4])

@@ -89,21 +89,32 @@ def sniff_image_format(path: str | Path) -> str:
     raise FormatError(path, f"not a PNG, JPEG or TIFF image (first bytes {head[:8]!r})")
 
 
-def to_rgb8(arr: np.ndarray) -> np.ndarray:
+def to_rgb8(arr: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Convert a decoded image to ``uint8`` RGB ``(y, x, 3)``.
 
-    Conversion rules (documented data contract):
+    Conversion rules (documented data contract, ``docs/data_contract.md``):
 
     - grayscale ``(y, x)`` or ``(y, x, 1)``: replicated to three channels;
     - grayscale + alpha ``(y, x, 2)`` and RGBA ``(y, x, 4)``: composited over white
       (``v * a + 255 * (1 - a)``, rounded), so transparent background becomes white;
-    - 16-bit: ``round(v / 257)`` (exact inverse of ``v8 * 257``); other integer types
-      are scaled from their full range, floats are assumed in ``[0, 1]``.
+    - unsigned integers: their data type's range, ``[0, 2**bits - 1]`` (16-bit:
+      ``round(v / 257)``, the exact inverse of ``v8 * 257``), as scikit-image's
+      ``img_as_ubyte``; ``bool``: 0 and 255;
+    - signed integers and floats: a range taken from the values (:func:`image_value_range`):
+      ``[0, 1]`` when every finite value lies in it (``round(255 v)``, as ``img_as_ubyte``),
+      else ``[0, 255]`` when every value lies in that (values taken as 8-bit intensities,
+      rounded), else the actual ``[min, max]`` stretched to ``[0, 255]`` (as scikit-image's
+      ``rescale_intensity``; a constant image becomes 0). ``NaN`` becomes 255 (white, the
+      slide background, as transparent pixels do), ``+inf`` 255 and ``-inf`` 0.
 
     Parameters
     ----------
     arr
         Decoded pixels, ``(y, x)`` or ``(y, x, c)`` with ``c`` in 1-4.
+    value_range
+        For signed integers and floats: the range ``(lo, hi)`` mapped to ``[0, 255]``, when
+        ``arr`` is a region of a larger image (from :func:`image_value_range` of the whole
+        image); by default taken from ``arr`` itself.
 
     Returns
     -------
@@ -126,7 +137,7 @@ def to_rgb8(arr: np.ndarray) -> np.ndarray:
         a = a[..., None]
     if a.ndim != 3 or a.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(f"unsupported image shape {arr.shape}")
-    a = _to_uint8(a)
+    a = _to_uint8(a, value_range)
     c = a.shape[-1]
     if c in (2, 4):
         color, alpha = a[..., : c - 1].astype(np.uint16), a[..., c - 1 :].astype(np.uint16)
@@ -137,19 +148,64 @@ def to_rgb8(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
+def needs_value_range(dtype: np.dtype) -> bool:
+    """Whether pixels of ``dtype`` are mapped from a range taken from the values."""
+    dtype = np.dtype(dtype)
+    return np.issubdtype(dtype, np.signedinteger) or np.issubdtype(dtype, np.floating)
+
+
+def image_value_range(a: np.ndarray) -> tuple[float, float]:
+    """The range of a signed-integer or float image mapped to ``[0, 255]`` by :func:`to_rgb8`.
+
+    ``(0, 1)`` when every finite value is in ``[0, 1]``, else ``(0, 255)`` when every finite
+    value is in ``[0, 255]``, else the finite ``(min, max)``; ``(0, 1)`` when there is no
+    finite value.
+    """
+    lo, hi = _finite_min_max(a)
+    return range_from_min_max(lo, hi)
+
+
+def _finite_min_max(a: np.ndarray) -> tuple[float, float]:
+    a = np.asarray(a)
+    if np.issubdtype(a.dtype, np.floating):
+        a = a[np.isfinite(a)]
+    if a.size == 0:
+        return np.inf, -np.inf
+    return float(a.min()), float(a.max())
+
+
+def range_from_min_max(lo: float, hi: float) -> tuple[float, float]:
+    """The mapped range, from the finite minimum and maximum of the whole image."""
+    if lo > hi:  # no finite value
+        return 0.0, 1.0
+    if lo >= 0 and hi <= 1:
+        return 0.0, 1.0
+    if lo >= 0 and hi <= 255:
+        return 0.0, 255.0
+    return lo, hi
+
+
+def _to_uint8(a: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
     if a.dtype == np.bool_:
         return a.astype(np.uint8) * 255
     if a.dtype == np.uint16:
         return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if np.issubdtype(a.dtype, np.integer):
+    if np.issubdtype(a.dtype, np.unsignedinteger):
         info = np.iinfo(a.dtype)
-        f = (a.astype(np.float64) - info.min) / (info.max - info.min)
-        return np.round(f * 255).astype(np.uint8)
-    f = np.clip(np.nan_to_num(a.astype(np.float64)), 0.0, 1.0)
-    return np.round(f * 255).astype(np.uint8)
+        return np.round(a.astype(np.float64) / info.max * 255).astype(np.uint8)
+    if not needs_value_range(a.dtype):
+        raise ValueError(f"unsupported pixel type {a.dtype}")
+    lo, hi = image_value_range(a) if value_range is None else value_range
+    f = a.astype(np.float64)
+    nan = np.isnan(f)
+    if hi > lo:
+        f = (np.clip(f, lo, hi) - lo) / (hi - lo) * 255.0  # as rescale_intensity
+    else:
+        f = np.where(f > hi, 255.0, 0.0)
+    f[nan] = 255.0
+    return np.round(f).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------
@@ -169,6 +225,32 @@ class _RGBView:
         self.shape = (3, int(h), int(w))
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
+        self.value_range: tuple[float, float] | None = None
+        if needs_value_range(raw.dtype):
+            self.value_range = self._scan_range()
+
+    def _raw_rows(self, ys: slice) -> np.ndarray:
+        if self.layout == "SYX":
+            return np.asarray(self.raw[(*self.prefix, slice(None), ys, slice(None))])
+        return np.asarray(self.raw[(*self.prefix, ys)])
+
+    def _scan_range(self, band: int = 256) -> tuple[float, float]:
+        """The value range of the whole image (one pass in row bands: bounded memory)."""
+        lo, hi = np.inf, -np.inf
+        h = self.shape[1]
+        logger.info("%s: %s pixels: scanning the values for their range", self.path, self.raw.dtype)
+        try:
+            for y in range(0, h, band):
+                a, b = _finite_min_max(self._raw_rows(slice(y, min(h, y + band))))
+                lo, hi = min(lo, a), max(hi, b)
+        except FormatError:
+            raise
+        except Exception as e:
+            raise FormatError(self.path, f"cannot decode image: {e}") from e
+        rng = range_from_min_max(lo, hi)
+        logger.info("%s: %s pixels in [%g, %g] mapped from [%g, %g] to 0-255",
+                    self.path, self.raw.dtype, lo, hi, *rng)
+        return rng
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         cs, ys, xs = key
@@ -179,7 +261,7 @@ class _RGBView:
                 a = np.asarray(self.raw[(*self.prefix, ys, xs, slice(None))])
             else:
                 a = np.asarray(self.raw[(*self.prefix, ys, xs)])
-            rgb = to_rgb8(a)
+            rgb = to_rgb8(a, self.value_range)
         except FormatError:
             raise
         except Exception as e:  # codec errors, truncated tiles, I/O errors
@@ -264,7 +346,39 @@ def pil_limit(max_pixels: int | None):
         Image.MAX_IMAGE_PIXELS = old
 
 
-def _decode_pil(path: Path, max_pixels: int | None) -> np.ndarray:
+class _PILRows:
+    """Regions of a decoded PIL image as numpy arrays, converted one region at a time.
+
+    PNG and JPEG have no random access, so the whole image is decoded once (PIL holds it,
+    RGB as 4 bytes per pixel); regions are copied out when dask asks for them instead of
+    copying the whole image into a numpy array too (which doubled the peak memory).
+    """
+
+    def __init__(self, im: Any, path: Path):
+        self.im, self.path = im, path
+        w, h = im.size
+        probe = self._convert(im.crop((0, 0, min(w, 1), min(h, 1))))
+        self.dtype = probe.dtype
+        self.shape = (h, w, *probe.shape[2:])
+        self.ndim = len(self.shape)
+
+    @staticmethod
+    def _convert(im: Any) -> np.ndarray:
+        if im.mode.startswith("I;16"):
+            return np.asarray(im).astype(np.uint16, copy=False)
+        if im.mode == "I":
+            return np.asarray(im).astype(np.int32).clip(0, 65535).astype(np.uint16)
+        return np.asarray(im)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        ys, xs = key[0], key[1] if len(key) > 1 else slice(None)
+        y0, y1, _ = ys.indices(self.shape[0])
+        x0, x1, _ = xs.indices(self.shape[1])
+        a = self._convert(self.im.crop((x0, y0, max(x0, x1), max(y0, y1))))
+        return a[(slice(None), slice(None), *key[2:])] if len(key) > 2 else a
+
+
+def _decode_pil(path: Path, max_pixels: int | None) -> _PILRows:
     from PIL import Image
 
     with pil_limit(max_pixels), warnings.catch_warnings():
@@ -274,11 +388,8 @@ def _decode_pil(path: Path, max_pixels: int | None) -> np.ndarray:
                 im.load()
                 if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                     im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-                if im.mode.startswith("I;16"):
-                    return np.asarray(im).astype(np.uint16, copy=False)
-                if im.mode == "I":
-                    return np.asarray(im).astype(np.int32).clip(0, 65535).astype(np.uint16)
-                return np.asarray(im)
+                # the decoded pixels outlive the ``with``, which closes the file only
+                return _PILRows(im, path)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise FormatError(
                 path,
@@ -390,7 +501,8 @@ def read_image(
     decoded when that chunk is computed, so memory stays bounded by the chunk size. PNG and
     JPEG are decoded once (they have no random access) and converted chunk by chunk.
     Pixels are converted with :func:`to_rgb8` (gray replicated, alpha composited over
-    white, 16-bit scaled by 1/257). Of a pyramidal TIFF, the full-resolution level is read.
+    white, 16-bit scaled by 1/257, signed integers and floats from a range taken from the
+    whole image's values). Of a pyramidal TIFF, the full-resolution level is read.
 
     Parameters
     ----------

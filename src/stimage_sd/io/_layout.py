@@ -248,9 +248,27 @@ def find_slide(root: str | Path, slide: str, tech: str | None = None) -> SlideFi
                 break
     if tech is None:
         known = list(list_slides(root))
-        close = difflib.get_close_matches(slide, known, n=5, cutoff=0.6)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
+        close = [s for s in known if s.strip(" ,") == slide.strip(" ,") and s != slide]
+        close += [s for s in difflib.get_close_matches(slide, known, n=5, cutoff=0.6) if s not in close]
+        hint = f"; close matches: {', '.join(repr(s) for s in close[:5])}" if close else ""
         raise SlideNotFoundError(f"slide {slide!r} not found under {root}{hint}")
     if tech not in TECHS:
         raise StimageError(f"slide {slide!r}: unknown technology {tech!r} (expected one of {TECHS})")
-    return SlideFiles.expected(root, slide, tech).check()
+    files = SlideFiles.expected(root, slide, tech)
+    missing = files.missing()
+    if missing:
+        # the files may sit under another technology's folder (a download into the wrong place)
+        elsewhere = []
+        for p in missing:
+            rel = p.relative_to(root / tech)
+            found = [t for t in TECHS if t != tech and (root / t / rel).is_file()]
+            if found:
+                elsewhere.append(f"{rel} is under {found[0]}/")
+        if elsewhere:
+            names = ", ".join(str(p) for p in missing)
+            raise SlideNotFoundError(
+                f"slide {slide!r} ({tech}): missing file(s): {names}; but "
+                f"{'; '.join(elsewhere)}: the files are under the wrong technology folder "
+                f"(move them to {root / tech}/, or correct the slide's tech in the metadata table)"
+            )
+    return files.check()

@@ -90,8 +90,17 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
     except UnicodeDecodeError as e:
         raise utf8_error(path, "metadata table") from e
     except pd.errors.ParserError as e:
-        raise FormatError(path, f"cannot parse metadata table: {e}") from e
+        from ._coords import parser_error
+
+        raise parser_error(path, "metadata table", e) from e
+    df.columns = [str(c).strip() for c in df.columns]  # padding of a hand-edited header
     missing = [c for c in METADATA_COLUMNS if c not in df.columns]
+    if missing and len(df.columns) == 1 and ";" in df.columns[0]:
+        from ._coords import delimiter_error
+
+        hint = delimiter_error(path, "metadata table")
+        if hint is not None:
+            raise hint
     if missing:
         raise FormatError(path, f"metadata table lacks column(s) {missing}", line=1)
     # physical line of each record (records may span lines), for error messages
@@ -114,7 +123,7 @@ def read_metadata(path: str | Path) -> pd.DataFrame:
     index = pd.Index(df["slide"].astype(str), name="slide")
     out = pd.DataFrame(index=index)
     for c in _STR_COLUMNS:
-        out[c] = pd.array(df[c].to_numpy(), dtype="string")
+        out[c] = pd.Series(df[c].to_numpy(), dtype="string").str.strip().array
     flag = df["involve_cancer"].str.strip().str.lower()
     bad = ~flag.isin(["true", "false"]) & flag.notna()
     if bad.any():
@@ -148,7 +157,8 @@ def _record_lines(path: Path, sep: str, n: int) -> list[int]:
     starts: list[int] = []
     with open(path, encoding="utf-8-sig", newline="") as fh:
         text = fh.read()
-    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    # universal newlines: lone CR line ends (classic Mac OS) count as lines, as for pandas
+    reader = csv.reader(io.StringIO(text, newline=None), delimiter=sep)
     try:
         header = next(reader, [])
         line = reader.line_num

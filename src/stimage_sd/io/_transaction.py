@@ -110,6 +110,7 @@ __all__ = [
     "remove_stale_lock",
     "replace_table",
     "set_marker",
+    "sibling_stem",
     "store_attrs",
     "store_lock",
     "temp_sibling",
@@ -146,7 +147,33 @@ def temp_sibling(path: str | Path, tag: str = TMP_TAG, kind: str = "") -> Path:
     """
     path = Path(path)
     infix = f"{kind}-" if kind else ""
-    return path.with_name(f".{path.name}{tag}{infix}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{sibling_stem(path)}{tag}{infix}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+#: Longest name of a sibling: NAME_MAX (255 bytes) on Linux and macOS file systems.
+_NAME_MAX = 255
+#: Bytes a sibling adds to its stem: "." + ".trash-" + "table-" + pid + "-" + 8 hex digits.
+_SIBLING_EXTRA = 1 + len(".trash-") + len("table-") + 10 + 1 + 8
+
+
+def sibling_stem(path: str | Path) -> str:
+    """The part of ``path``'s name its temporary siblings start with (after the dot).
+
+    The name itself when the longest sibling fits in 255 bytes (``NAME_MAX``); for longer
+    names (a 240-character slide id), the name cut to fit plus ``~`` and 16 hex digits of
+    its SHA-256, keeping the suffix (``.zarr``): deterministic, so that cleanups find the
+    siblings again.
+    """
+    name = Path(path).name
+    if len(name.encode()) + _SIBLING_EXTRA <= _NAME_MAX:
+        return name
+    import hashlib
+
+    suffix = ".zarr" if name.endswith(".zarr") else ""
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    budget = _NAME_MAX - _SIBLING_EXTRA - len(suffix) - 1 - len(digest)
+    head = name.encode()[:budget].decode("utf-8", "ignore")
+    return f"{head}~{digest}{suffix}"
 
 
 @contextmanager
@@ -207,8 +234,10 @@ def atomic_write(path: str | Path, data: str | bytes, *, fsync: bool = False) ->
     -------
     ``path``.
     """
+    from .._utils import naming_path
+
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, naming_path(path):
         with open(tmp, "wb") as fh:
             fh.write(data.encode("utf-8") if isinstance(data, str) else data)
             if fsync:
@@ -303,6 +332,13 @@ def journaled_siblings(path: str | Path) -> set[str]:
     return {str(pending[k]) for k in ("tmp", "trash") if pending.get(k)}
 
 
+def glob_escape(name: str) -> str:
+    """``name`` with the glob metacharacters escaped (slide ids may hold ``[``)."""
+    import glob
+
+    return glob.escape(name)
+
+
 def cleanup_partial(path: str | Path) -> list[Path]:
     """Remove temporary siblings left next to ``path`` by interrupted writes.
 
@@ -322,7 +358,7 @@ def cleanup_partial(path: str | Path) -> list[Path]:
         removed.append(lock_path(path))
     keep = journaled_siblings(path)
     for tag in (TMP_TAG, TRASH_TAG):
-        for p in path.parent.glob(f".{path.name}{tag}*"):
+        for p in path.parent.glob(f".{glob_escape(sibling_stem(path))}{tag}*"):
             if p.name in keep:
                 continue
             shutil.rmtree(p, ignore_errors=True)
@@ -334,7 +370,7 @@ def cleanup_partial(path: str | Path) -> list[Path]:
 
 def _remove_stale_table_siblings(path: Path, keep: frozenset[str] = frozenset()) -> None:
     for tag in (TMP_TAG, TRASH_TAG):
-        for p in path.parent.glob(f".{path.name}{tag}table-*"):
+        for p in path.parent.glob(f".{glob_escape(sibling_stem(path))}{tag}table-*"):
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
 
@@ -543,7 +579,7 @@ _held_guard = threading.Lock()
 def lock_path(store: str | Path) -> Path:
     """The lock file of a store: ``.<name>.lock`` next to it."""
     store = Path(store)
-    return store.with_name(f".{store.name}{LOCK_SUFFIX}")
+    return store.with_name(f".{sibling_stem(store)}{LOCK_SUFFIX}")
 
 
 def _process_start(pid: int) -> float | None:
@@ -715,10 +751,13 @@ def file_lock(path: str | Path, operation: str, *, timeout: float | None = 0, wh
             time.sleep(0.2)
             continue
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            from .._utils import naming_path
+
+            with naming_path(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(me, fh)
-        except BaseException:
-            path.unlink(missing_ok=True)
+        except BaseException:  # e.g. a full disk: leave no empty lock behind
+            with contextlib.suppress(OSError):
+                path.unlink()
             raise
         break
     with _held_guard:

@@ -152,7 +152,7 @@ def validate(
     - **link**: the table annotates ``"spots"`` (``region``/``region_key``/``instance_key``),
       every ``obs["spot_id"]`` is a shapes index, shape centres equal ``obsm["spatial"]``;
     - **table**: unique spot ids and gene names, ``var["gene_name"]``, raw counts (``X``,
-      or ``layers["counts"]`` after normalisation) CSR, ``int32``/``float32``, finite,
+      or ``layers["counts"]`` after normalisation) CSR, ``int32``/``int64``/``float32``/``float64``, finite,
       non-negative;
     - **coordinates**: ``"global"`` is the identity for image and shapes; ``"micron"``
       scales by the recorded µm/px when one was estimated;
@@ -333,8 +333,8 @@ def _check_table(report: ValidationReport, table: Any, meta: dict) -> None:
     if not sp.issparse(X) or X.format != "csr":
         report.add("table", f"raw counts ({where}) are {type(X).__name__}, expected a CSR matrix")
         X = sp.csr_matrix(X)
-    if X.dtype not in (np.int32, np.float32):
-        report.add("table", f"raw counts ({where}) have dtype {X.dtype}, expected int32 or float32")
+    if X.dtype not in (np.int32, np.int64, np.float32, np.float64):
+        report.add("table", f"raw counts ({where}) have dtype {X.dtype}, expected int32, int64, float32 or float64")
     data = X.data
     if data.size:
         bad = ~np.isfinite(data) | (data < 0)
@@ -652,7 +652,7 @@ def _check_source(
         detail = ", ".join(f"{src_genes[j]!r}: store {_num(col_a[j])}, release {_num(col_b[j])}" for j in idx[:_SHOW])
         more = f" and {len(idx) - _SHOW} more" if len(idx) > _SHOW else ""
         report.add("counts", f"per-gene count totals differ for {len(idx)} gene(s): {detail}{more}")
-    # both sides come from the same float32/int32 values: any difference is real
+    # both sides hold the file's values exactly (read_counts never rounds): compared exactly
     D = (A - B).tocoo()
     off = D.data != 0
     if off.any():

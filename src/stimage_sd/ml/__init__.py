@@ -58,21 +58,43 @@ last. Opening a store cuts rows past the last record, so an interrupted export i
 resumed by running it again; slides already recorded are skipped.
 """
 
+from ._benchmark import benchmark, write_report
 from ._dataset import PatchDataset
+from ._embed import embed, embed_array, read_embeddings
+from ._encoders import BUILTIN, Encoder, color_histogram, encoder
 from ._export import export_patches
 from ._image import FILTERS
 from ._patchstore import EDGE, FLAGS, NO_TISSUE, is_patch_store, read_patch_attrs
+from ._predict import ExpressionResult, fold_splits, predict_expression
+from ._probe import linear_probe
 from ._split import load_split, split_slides
+from ._targets import RECIPES, Targets, targets
 
 __all__ = [
+    "BUILTIN",
     "EDGE",
     "FILTERS",
     "FLAGS",
     "NO_TISSUE",
+    "RECIPES",
+    "Encoder",
+    "ExpressionResult",
     "PatchDataset",
+    "Targets",
+    "benchmark",
+    "color_histogram",
+    "embed",
+    "embed_array",
+    "encoder",
     "export_patches",
+    "fold_splits",
     "is_patch_store",
+    "linear_probe",
     "load_split",
+    "predict_expression",
+    "read_embeddings",
     "read_patch_attrs",
     "split_slides",
+    "targets",
+    "write_report",
 ]

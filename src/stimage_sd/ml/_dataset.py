@@ -59,7 +59,8 @@ class PatchDataset:
         Callables applied to the image and to the target of each item.
     **options
         Over converted slides only: the patch options of
-        :func:`~stimage_sd.ml.export_patches` (``size_um``, ``px``, ``mode``, ``genes``,
+        :func:`~stimage_sd.ml.export_patches` (``size_um``, ``px``, ``mode``, ``genes``
+        (including the target recipes and :class:`~stimage_sd.ml.Targets` objects),
         ``n_hvg``, ``target``, ``resample``, ``pyramid``, ``min_tissue``). For a patch
         store they are fixed by the store (see :attr:`params`).
 
@@ -271,8 +272,9 @@ class _SlidesBackend:
     """Items cut on the fly from converted slides."""
 
     def __init__(self, paths: list[Path], options: dict[str, Any], keep_slides: set[str] | None):
-        from ._export import check_options
+        from ._export import check_genes_target, check_options
 
+        check_genes_target(options["genes"], options["target"])
         check_options(
             size_um=options["size_um"], px=options["px"], mode=options["mode"], target=options["target"],
             resample=options["resample"], edge="pad", min_tissue=options["min_tissue"],
@@ -281,10 +283,15 @@ class _SlidesBackend:
         chosen = [(p, h) for p, h in zip(paths, headers, strict=True) if keep_slides is None or h["slide"] in keep_slides]
         if not chosen:
             raise StimageError("no slide left after the split/slide selection")
+        from ._export import _panel_kind
+
         self.params = {k: options[k] for k in _OPTION_DEFAULTS}
+        self.params["genes"] = _panel_kind(options["genes"])
         if options["mode"] == "native":
             self.params["size_um"] = None
         panel = GenePanel.build(options["genes"], [p for p, _ in chosen], n_hvg=options["n_hvg"])
+        self._panel = panel
+        self._spot_ids: list[np.ndarray] = []
         self.genes = panel.genes
         self.slide_ids: list[str] = []
         self._genes: dict[str, list[str]] = {}
@@ -307,6 +314,7 @@ class _SlidesBackend:
                 sub = sub.multiply(ok[None, :].astype(sub.dtype)).tocsr()
             self._X.append((sub, ok))
             self._lib.append(src.libsize)
+            self._spot_ids.append(src.spot_ids)
             n = src.n
             codes.append(np.full(n, code, dtype=np.int32))
             spot.append(src.spot_ids.astype(str))
@@ -340,6 +348,12 @@ class _SlidesBackend:
             sel = np.flatnonzero(self.slide_code[rows] == code)
             r = self.row[rows[sel]]
             images[sel] = cut_patches(self._geoms[code], r)
+            if self._panel.values is not None:
+                t = self._panel.values.rows(self.slide_ids[code], self._spot_ids[code][r], width=self._panel.size)
+                if targets is None:
+                    targets = np.empty((len(rows), t.shape[1]), dtype=np.float32)
+                targets[sel] = t
+                continue
             sub, ok = self._X[code]
             t = sub[r].toarray().astype(np.float32)
             if self.params["target"] == "log1p":

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from ._source import (
     slide_header,
 )
 
+if TYPE_CHECKING:
+    from ._targets import Targets
+
 __all__ = ["export_patches"]
 
 #: Patches cut per task (one image region read per task).
@@ -50,7 +53,7 @@ def _params(
         "size_um": float(size_um) if mode == "fixed" else None,
         "px": int(px),
         "mode": mode,
-        "genes": genes if isinstance(genes, str) else "list",
+        "genes": _panel_kind(genes),
         "n_hvg": int(n_hvg) if genes == "hvg" else None,
         "target": target,
         "resample": resample,
@@ -58,6 +61,23 @@ def _params(
         "edge": edge,
         "min_tissue": float(min_tissue),
     }
+
+
+def _panel_kind(genes: Any) -> str:
+    """The ``genes`` parameter as recorded in a store: a kind or recipe name, or ``"list"``."""
+    from ._targets import Targets
+
+    if isinstance(genes, Targets):
+        return genes.recipe
+    return genes if isinstance(genes, str) else "list"
+
+
+def check_genes_target(genes: Any, target: str) -> None:
+    """Recipes define their own transform: ``target`` must stay ``"log1p"``."""
+    from ._targets import RECIPE_SIZE, Targets
+
+    if (isinstance(genes, Targets) or (isinstance(genes, str) and genes in RECIPE_SIZE)) and target != "log1p":
+        raise StimageError(f"target={target!r} cannot be combined with a target recipe (genes={_panel_kind(genes)!r})")
 
 
 def check_options(
@@ -87,7 +107,7 @@ def export_patches(
     size_um: float = 112.0,
     px: int = 224,
     mode: str = "fixed",
-    genes: str | Sequence[str] = "hvg",
+    genes: str | Sequence[str] | Targets = "hvg",
     n_hvg: int = 128,
     target: str = "log1p",
     resample: str = "bilinear",
@@ -128,13 +148,17 @@ def export_patches(
     genes
         Expression target panel: ``"intersection"`` (genes present in every slide of
         this call, in the first slide's order), ``"hvg"`` (each slide's own ``n_hvg``
-        highly variable genes, the release's convention; recorded per slide) or a list of
-        gene names. Genes of the panel that a slide lacks get ``NaN`` targets.
+        highly variable genes; recorded per slide), a list of gene names, or a target
+        recipe of :func:`~stimage_sd.ml.targets`: ``"stimage-hvg128"`` or
+        ``"stimage-overlap-hvg100"`` (the release's own targets, value for value; the
+        overlap recipe groups the slides of this call by species and tissue), or a
+        precomputed :class:`~stimage_sd.ml.Targets`. Genes of the panel that a slide
+        lacks, and spots a recipe filters out, get ``NaN`` targets.
     n_hvg
         Genes per slide when ``genes="hvg"``.
     target
         ``"log1p"`` (``normalize_total`` to 10,000 over all genes, then ``log1p``) or
-        ``"counts"`` (raw counts).
+        ``"counts"`` (raw counts). Target recipes define their own (``log1p``).
     resample
         Filter: ``"bilinear"`` (default), ``"bicubic"``, ``"lanczos"``, ``"hamming"``,
         ``"box"`` or ``"nearest"``.
@@ -175,6 +199,7 @@ def export_patches(
     out = Path(out)
     check_options(size_um=size_um, px=px, mode=mode, target=target, resample=resample, edge=edge, min_tissue=min_tissue)
     check_compression(compression)
+    check_genes_target(genes, target)
     if shard is not None and shard < 1:
         raise StimageError("shard must be at least 1")
     paths = resolve_stores(stores)
@@ -196,7 +221,7 @@ def export_patches(
         shutil.rmtree(out)
     if out.exists():
         writer = _reopen(out, params, genes)
-        panel = _stored_panel(writer, params)
+        panel = _stored_panel(writer, params, genes, paths)
     else:
         if out.is_file():
             raise StimageError(f"{out} is a file")
@@ -239,10 +264,21 @@ def _read_genes(writer: PatchWriter) -> list[str] | None:
     return [str(g) for g in writer.group["genes"][:]]
 
 
-def _stored_panel(writer: PatchWriter, params: dict[str, Any]) -> GenePanel:
+def _stored_panel(writer: PatchWriter, params: dict[str, Any], genes: Any, paths: list[Path]) -> GenePanel:
+    from ._targets import RECIPE_SIZE, Targets
+
     kind = params["genes"]
-    if kind == "hvg":
+    if kind == "hvg" and not isinstance(genes, Targets):
         return GenePanel("hvg", None, int(params["n_hvg"]))
+    if isinstance(genes, Targets) or kind in RECIPE_SIZE:
+        # recipes are recomputed over the slides of this call (or taken as given)
+        panel = GenePanel.build(genes, paths)
+        if panel.size != int(writer.attrs.get("n_targets", panel.size)):
+            raise StimageError(
+                f"{writer.path} holds {writer.attrs.get('n_targets')} targets per patch, these targets {panel.size}; "
+                "use another path or overwrite=True"
+            )
+        return panel
     return GenePanel(kind, _read_genes(writer))
 
 
@@ -289,7 +325,7 @@ def _export_slide(
             "tissue_fraction": tissue,
             "outside_fraction": geom.outside[idx],
         }
-        writer.write(patches, src.targets(idx, cols, params["target"]), obs)
+        writer.write(patches, panel.targets(src, idx, cols, params["target"]), obs)
         advance(len(idx))
     record: dict[str, Any] = {
         "slide": src.slide,
@@ -308,7 +344,7 @@ def _export_slide(
         "n_genes_missing": int((cols < 0).sum()),
         "labelled": src.labels is not None,
     }
-    if panel.kind == "hvg":
+    if panel.per_slide:
         record["genes"] = gene_names
     rec = writer.commit(record)
     logger.info(

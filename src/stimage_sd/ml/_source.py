@@ -251,43 +251,66 @@ class GenePanel:
     ----------
     kind
         ``"intersection"`` (genes common to the slides, in the first slide's order),
-        ``"list"`` (a user list) or ``"hvg"`` (each slide's own highly variable genes).
+        ``"list"`` (a user list), ``"hvg"`` (each slide's own highly variable genes), or a
+        recipe of :func:`stimage_sd.ml.targets` whose values are precomputed
+        (``"stimage-hvg128"``, ``"stimage-overlap-hvg100"``; also a :class:`Targets`
+        object of any recipe).
     genes
-        The shared panel (``None`` for ``"hvg"``).
+        The shared panel (``None`` for per-slide panels).
     n_hvg
         Genes per slide for ``"hvg"``.
+    values
+        Precomputed targets (recipes): per slide, spots x genes.
     """
 
     kind: str
     genes: list[str] | None
     n_hvg: int = 128
+    values: Any = None
+
+    @property
+    def per_slide(self) -> bool:
+        """Whether each slide has its own gene list (recorded per slide in a patch store)."""
+        return self.kind == "hvg" or self.values is not None
 
     @property
     def size(self) -> int:
         """Number of target columns."""
+        if self.values is not None:
+            return int(self.values.size)
         return self.n_hvg if self.kind == "hvg" else len(self.genes or [])
 
     @classmethod
-    def build(cls, genes: str | Sequence[str], paths: Sequence[Path], n_hvg: int = 128) -> GenePanel:
+    def build(cls, genes: Any, paths: Sequence[Path], n_hvg: int = 128) -> GenePanel:
         """Build a panel for the slides at ``paths``.
 
         Parameters
         ----------
         genes
-            ``"intersection"``, ``"hvg"``, or a list of gene names (matched against the
-            tables' unique gene names).
+            ``"intersection"``, ``"hvg"``, ``"stimage-hvg128"``,
+            ``"stimage-overlap-hvg100"``, a :class:`~stimage_sd.ml.Targets` object, or a
+            list of gene names (matched against the tables' unique gene names).
         paths
-            Converted stores (only their gene names are read).
+            Converted stores (only their gene names are read, except for recipes).
         n_hvg
             Genes per slide for ``"hvg"``.
         """
+        from ._targets import RECIPE_SIZE, Targets, targets
+
+        if isinstance(genes, Targets):
+            return cls(genes.recipe, None, values=genes)
         if isinstance(genes, str):
+            if genes in RECIPE_SIZE:
+                return cls(genes, None, values=targets(paths, genes))
             if genes == "hvg":
                 if n_hvg < 1:
                     raise StimageError("n_hvg must be at least 1")
                 return cls("hvg", None, int(n_hvg))
             if genes != "intersection":
-                raise StimageError(f"genes must be 'intersection', 'hvg' or a list of gene names, got {genes!r}")
+                raise StimageError(
+                    "genes must be 'intersection', 'hvg', 'stimage-hvg128', 'stimage-overlap-hvg100', "
+                    f"a Targets object or a list of gene names, got {genes!r}"
+                )
             common: list[str] | None = None
             for p in paths:
                 names = read_var_names(p)
@@ -311,21 +334,31 @@ class GenePanel:
 
     def columns(self, src: SlideSource) -> tuple[list[str], np.ndarray]:
         """The slide's panel genes and their column indices in its table (``-1``: absent)."""
-        if self.kind == "hvg":
+        if self.values is not None:
+            if src.slide not in self.values:
+                raise StimageError(f"{src.store}: the given targets have no slide {src.slide!r}")
+            genes = self.values.genes(src.slide)
+        elif self.kind == "hvg":
             genes = highly_variable_genes(src, self.n_hvg)
         else:
             genes = list(self.genes or [])
-        if self.kind == "hvg" and len(genes) < self.n_hvg:  # a slide with fewer genes
-            genes = genes + [""] * (self.n_hvg - len(genes))
+        if self.per_slide and len(genes) < self.size:  # a slide with fewer genes
+            genes = genes + [""] * (self.size - len(genes))
         cols = src.var_names.get_indexer(genes).astype(np.int64)
         cols[[g == "" for g in genes]] = -1
-        missing = int((cols < 0).sum())
-        if missing:
+        missing = int((cols < 0).sum()) - sum(g == "" for g in genes)
+        if missing and self.values is None:
             logger.warning(
                 "%s: %d of %d panel genes are absent from the slide; their targets are NaN",
                 src.slide, missing, len(genes),
             )
         return genes, cols
+
+    def targets(self, src: SlideSource, rows: np.ndarray, cols: np.ndarray, kind: str) -> np.ndarray:
+        """Targets of spots ``rows`` of ``src``: precomputed recipe values, else from counts."""
+        if self.values is not None:
+            return self.values.rows(src.slide, src.spot_ids[np.asarray(rows, dtype=np.int64)], width=self.size)
+        return src.targets(rows, cols, kind)
 
 
 def read_var_names(path: Path) -> pd.Index:

@@ -4,6 +4,7 @@ Tools work on data in memory and do no I/O; :mod:`stimage_sd.workflows` runs the
 """
 
 from .._deprecation import moved_names
+from ._cohort import cohort_domains, score_cohort, slide_graph
 from ._domains import domains
 from ._graph import detect_lattice, spatial_graph
 from ._pipeline import run_pipeline
@@ -11,10 +12,13 @@ from ._score import score_domains
 from ._svg import svg, top_svg
 
 __all__: list[str] = [
+    "cohort_domains",
     "detect_lattice",
     "domains",
     "run_pipeline",
+    "score_cohort",
     "score_domains",
+    "slide_graph",
     "spatial_graph",
     "svg",
     "top_svg",

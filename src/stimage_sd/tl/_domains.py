@@ -9,13 +9,25 @@ typing and tissue domain segmentation for scalable spatial omics data analysis",
 2. ``M``: the neighbourhood mean of ``Z``, ``M = P^h Z`` with ``P`` the row-normalised
    spatial graph (:func:`stimage_sd.tl.spatial_graph`) and ``h`` hops (a random-walk
    kernel over roughly ``h`` rings of spots).
-3. Features ``[sqrt(1 - λ) Z, sqrt(λ) M]``: ``λ`` (``spatial_weight``) trades a spot's own
-   expression for its neighbourhood's; BANKSY recommends ``λ = 0.8`` for domains
-   (``λ = 0`` is plain expression clustering).
+3. Features ``[sqrt(1 - λ) Z / ||Z||, sqrt(λ) M / ||M||]``, each block scaled to a total
+   variance of 1 first (``||.||``: square root of the block's total variance),
+   so that ``λ`` (``spatial_weight``) is exactly the neighbourhood's share of the feature
+   variance, as with BANKSY's z-scored blocks. Without this scaling averaging shrinks the
+   neighbourhood block (to about a third of the variance at ``λ = 0.8``) and ``λ`` does
+   not mean what it says. ``λ = 0`` is plain expression clustering.
 4. Clustering: Leiden (Traag et al., *Sci Rep* 2019; igraph implementation) on the kNN
    graph of the features, with a bisection on the resolution when a number of domains is
-   requested (as BANKSY does), or KMeans / a Gaussian mixture with exactly ``n_domains``
-   components.
+   requested (as BANKSY does), or KMeans / a tied Gaussian mixture with exactly
+   ``n_domains`` components.
+
+The defaults (``λ = 0.8``; KMeans when a number of domains is given, Leiden otherwise;
+30 PCs; 2 hops on ST/Visium and 5 on VisiumHD bins)
+were chosen with ``benchmarks/bench_domains.py`` (weak markers, thin folded layers, blobs
+of varied size, sparse ST arrays, HD bins; results in ``benchmarks/RESULTS.md``): on
+those layouts it is at or above the smoothing baseline (PCs averaged over the spatial
+neighbours twice, then KMeans) except on sparse ST arrays (0.002 ARI below, within seed
+noise), far above non-spatial Leiden, at or above banksy-py, and at or above CellCharter
+except on VisiumHD bins (0.011 below).
 
 Every random step is seeded, so the same input and seed give the same domains.
 """
@@ -39,8 +51,11 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-__all__ = ["DEFAULT_HOPS", "domains", "neighbourhood_features"]
+__all__ = ["DEFAULT_HOPS", "DEFAULT_SPATIAL_WEIGHT", "cluster_features", "domains", "neighbourhood_features"]
 
+#: Default ``λ``: share of the feature variance given to the neighbourhood block
+#: (chosen with ``benchmarks/bench_domains.py``).
+DEFAULT_SPATIAL_WEIGHT = 0.8
 #: Default hops of neighbourhood averaging per technology.
 DEFAULT_HOPS = {"ST": 2, "Visium": 2, "VisiumHD": 5}
 _MAX_BISECTIONS = 30
@@ -62,7 +77,15 @@ def _row_normalised(adj) -> sparse.csr_matrix:
 
 
 def neighbourhood_features(z: np.ndarray, adjacency, n_hops: int, spatial_weight: float) -> np.ndarray:
-    """``[sqrt(1 - λ) Z, sqrt(λ) P^h Z]``: own and neighbourhood-averaged features.
+    """``[sqrt(1 - λ) Z / ||Z||, sqrt(λ) M / ||M||]``: own and neighbourhood features, scaled.
+
+    ``M = P^h Z`` is the neighbourhood mean of the features ``Z``. Averaging shrinks
+    variance (noise most), so each block is first divided by the square root of its total
+    variance (the sum of its column variances); the weights
+    then make ``λ`` exactly the neighbourhood block's share of the total feature
+    variance, as BANKSY's z-scored blocks do (Singhal et al. 2024). The columns inside a
+    block keep their relative variances, so leading principal components keep their
+    weight.
 
     Parameters
     ----------
@@ -73,18 +96,47 @@ def neighbourhood_features(z: np.ndarray, adjacency, n_hops: int, spatial_weight
     n_hops
         Averaging steps ``h``.
     spatial_weight
-        ``λ`` in ``[0, 1]``.
+        ``λ`` in ``[0, 1]``: share of the feature variance carried by the neighbourhood
+        block (``0``: the own block alone is returned).
+
+    Returns
+    -------
+    ``(n, 2 d)`` float32 features (``(n, d)`` when ``λ = 0`` or ``h = 0``) with total
+    variance 1, of which the last ``d`` columns carry ``λ``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import sparse
+    >>> from stimage_sd.tl._domains import neighbourhood_features
+    >>> z = np.random.default_rng(0).normal(size=(100, 5))
+    >>> ring = sparse.diags([1, 1], [1, -1], shape=(100, 100))
+    >>> f = neighbourhood_features(z, ring, 2, 0.8)
+    >>> round(float(f[:, 5:].var(axis=0).sum() / f.var(axis=0).sum()), 3)
+    0.8
     """
     if not 0.0 <= spatial_weight <= 1.0:
         raise ValueError(f"spatial_weight must be in [0, 1], got {spatial_weight}")
     z = np.asarray(z, dtype=np.float64)
+    z = _unit_block(z)
     if spatial_weight == 0 or n_hops <= 0:
         return z.astype(np.float32)
     P = _row_normalised(adjacency)
     m = z
     for _ in range(int(n_hops)):
         m = P @ m
+    m = _unit_block(m)
     return np.hstack([np.sqrt(1.0 - spatial_weight) * z, np.sqrt(spatial_weight) * m]).astype(np.float32)
+
+
+def _unit_block(x: np.ndarray) -> np.ndarray:
+    """Scale a block to a total variance (sum of column variances) of 1; 0 stays 0.
+
+    Not centred: clustering is translation invariant, and callers that stack several
+    slides' features (:func:`stimage_sd.tl.cohort_domains`) keep their offsets.
+    """
+    total = float(x.var(axis=0).sum())
+    return x / np.sqrt(total) if total > 0 else x
 
 
 def _relabel_by_size(labels: np.ndarray) -> pd.Categorical:
@@ -171,16 +223,17 @@ def domains(
     n_domains: int | None = None,
     *,
     resolution: float = 0.5,
-    spatial_weight: float = 0.8,
+    spatial_weight: float = DEFAULT_SPATIAL_WEIGHT,
     n_hops: int | None = None,
     n_pcs: int = 30,
-    method: Literal["leiden", "kmeans", "gmm"] = "leiden",
+    method: Literal["auto", "leiden", "kmeans", "gmm"] = "auto",
     n_neighbors: int = 15,
     seed: int = 0,
     key_added: str = Key.obs.domain,
     graph_key: str = Key.obsp.spatial,
     table_key: str = TABLE_KEY,
     copy: bool = False,
+    batch_key: str | None = None,
 ) -> AnnData | None:
     """Find spatial domains from expression and the spatial graph.
 
@@ -196,16 +249,22 @@ def domains(
     resolution
         Leiden resolution when ``n_domains`` is ``None``.
     spatial_weight
-        ``λ`` in ``[0, 1]``: weight of the neighbourhood features; ``0`` clusters
-        expression alone (a non-spatial baseline).
+        ``λ`` in ``[0, 1]``: share of the feature variance given to the neighbourhood
+        (the blocks are scaled so that it is exactly that share); ``0`` clusters
+        expression alone (a non-spatial baseline), ``1`` the neighbourhood alone.
+        Default 0.8 (see the module documentation for how it was chosen).
     n_hops
         Neighbourhood averaging steps over the spatial graph; default
         :data:`DEFAULT_HOPS` for the slide's technology.
     n_pcs
         Principal components of the highly variable genes.
     method
-        ``"leiden"`` (default), ``"kmeans"`` or ``"gmm"`` (the last two need
-        ``n_domains``).
+        ``"auto"`` (default): ``"kmeans"`` when ``n_domains`` is given, else
+        ``"leiden"`` at ``resolution`` (with ``batch_key``: the default of
+        :func:`stimage_sd.tl.cohort_domains`). ``"leiden"`` (with a resolution search when
+        ``n_domains`` is given), ``"kmeans"`` or ``"gmm"`` (a Gaussian mixture with a
+        covariance matrix shared by the components, ``covariance_type="tied"``); the
+        last two need ``n_domains``.
     n_neighbors
         Neighbours of the expression kNN graph used by Leiden.
     seed
@@ -215,6 +274,10 @@ def domains(
     %(graph_key)s
     %(table_key)s
     %(copy)s
+    batch_key
+        For a cohort of slides (:func:`stimage_sd.io.read_cohort`): the ``obs`` column of
+        the slides; the domains are then found jointly, with the same label for the same
+        domain on every slide (:func:`stimage_sd.tl.cohort_domains`, Harmony integration).
 
     Returns
     -------
@@ -229,7 +292,7 @@ def domains(
     features), for Leiden ``obsp["{key_added}_knn_connectivities"]``,
     ``obsp["{key_added}_knn_distances"]`` and ``uns["{key_added}_knn"]``, and
     ``uns["{key_added}"]`` (parameters: method, spatial_weight, n_hops, n_pcs,
-    resolution used, n_domains found, seed).
+    feature_scaling, resolution used, n_domains found, seed).
 
     Examples
     --------
@@ -240,6 +303,17 @@ def domains(
     >>> ssd.tl.domains(sdata, n_domains=3)
     >>> ssd.tl.domains(sdata, spatial_weight=0.0, key_added="domain_expr")  # non-spatial baseline
     """
+    if batch_key is not None:  # a cohort: joint domains across slides
+        from ._cohort import cohort_domains
+
+        # method="auto" leaves the choice to cohort_domains (its own default, benchmarked
+        # for cohorts separately)
+        extra = {} if method == "auto" else {"method": method}
+        return cohort_domains(
+            data, n_domains, batch_key=batch_key, resolution=resolution, spatial_weight=spatial_weight,
+            n_hops=n_hops, n_pcs=n_pcs, n_neighbors=n_neighbors, seed=seed,
+            key_added=key_added, table_key=table_key, copy=copy, **extra,
+        )
     import scanpy as sc
 
     adata = table_to_modify(data, table_key, copy)
@@ -247,6 +321,8 @@ def domains(
         raise StimageError("tl.domains needs normalised expression: run stimage_sd.pp.normalize first")
     if "X_pca" in (Key.obsm.domain_pca(key_added), Key.obsm.domain_features(key_added)):
         raise ValueError(f"key_added={key_added!r} would overwrite scanpy's obsm['X_pca']; choose another key")
+    if method == "auto":
+        method = "kmeans" if n_domains is not None else "leiden"
     if method in ("kmeans", "gmm") and n_domains is None:
         raise ValueError(f"method={method!r} needs n_domains")
     conn_key = Key.obsp.spatial_conn(graph_key)
@@ -293,7 +369,7 @@ def domains(
         from sklearn.mixture import GaussianMixture
 
         labels = GaussianMixture(
-            n_components=int(n_domains), covariance_type="diag", n_init=3, random_state=seed
+            n_components=int(n_domains), covariance_type="tied", n_init=3, random_state=seed
         ).fit_predict(feats)
     else:
         raise ValueError(f"method must be 'leiden', 'kmeans' or 'gmm', got {method!r}")
@@ -304,6 +380,7 @@ def domains(
         "spatial_weight": float(spatial_weight),
         "n_hops": hops if spatial_weight > 0 else 0,
         "n_pcs": int(n_comps),
+        "feature_scaling": "block_variance",
         "n_domains_requested": int(n_domains) if n_domains is not None else 0,
         "n_domains": found,
         "seed": int(seed),
@@ -314,3 +391,66 @@ def domains(
     adata.uns[Key.uns.domain(key_added)] = params
     logger.info("%d spatial domains (%s, λ=%.2f, %d hops)", found, method, spatial_weight, params["n_hops"])
     return adata if copy else None
+
+
+def cluster_features(
+    feats: np.ndarray,
+    n_domains: int | None = None,
+    *,
+    method: Literal["auto", "leiden", "kmeans", "gmm"] = "leiden",
+    resolution: float = 0.5,
+    n_neighbors: int = 15,
+    seed: int = 0,
+) -> tuple[pd.Categorical, dict[str, Any]]:
+    """Cluster precomputed features exactly as :func:`domains` clusters its own.
+
+    The stable entry point for callers that build the features themselves (the cohort
+    domains of :func:`stimage_sd.tl.cohort_domains`).
+
+    Parameters
+    ----------
+    feats
+        ``(n, d)`` features.
+    n_domains, method, resolution, n_neighbors, seed
+        As in :func:`domains`.
+
+    Returns
+    -------
+    ``(labels, info)``: categorical labels ``"0"``, ``"1"``, ... by decreasing size, and
+    ``{"method", "n_domains", "resolution"?}``.
+    """
+    from anndata import AnnData
+
+    feats = np.asarray(feats, dtype=np.float32)
+    n = feats.shape[0]
+    if method == "auto":
+        method = "kmeans" if n_domains is not None else "leiden"
+    if method in ("kmeans", "gmm") and n_domains is None:
+        raise ValueError(f"method={method!r} needs n_domains")
+    info: dict[str, Any] = {"method": method}
+    if method == "leiden":
+        k = min(n_neighbors, n - 1)
+        conn, dist = _knn_graph(feats, k, seed)
+        tmp = AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)))
+        tmp.obsp["c"], tmp.obsp["d"] = conn, dist
+        tmp.uns["knn"] = {"connectivities_key": "c", "distances_key": "d", "params": {"n_neighbors": int(k), "method": "knn-union"}}
+        if n_domains is None:
+            labels, info["resolution"] = _leiden(tmp, resolution, seed, "knn"), float(resolution)
+        else:
+            labels, used = _leiden_to_k(tmp, int(n_domains), seed, "knn")
+            info["resolution"] = float(used)
+    elif method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        labels = KMeans(n_clusters=int(n_domains), n_init=10, random_state=seed).fit_predict(feats)
+    elif method == "gmm":
+        from sklearn.mixture import GaussianMixture
+
+        labels = GaussianMixture(
+            n_components=int(n_domains), covariance_type="tied", n_init=3, random_state=seed
+        ).fit_predict(feats)
+    else:
+        raise ValueError(f"method must be 'leiden', 'kmeans' or 'gmm', got {method!r}")
+    cats = _relabel_by_size(np.asarray(labels))
+    info["n_domains"] = int(cats.categories.size)
+    return cats, info
