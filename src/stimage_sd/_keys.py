@@ -47,6 +47,9 @@ class Key:
         qc_outlier = "qc_outlier"
         # tl.domains (default ``key_added``)
         domain = "domain"
+        # io.read_cohort: the slide of each spot (squidpy's ``library_key``) and its technology
+        slide = "slide"
+        tech = "tech"
 
         @staticmethod
         def bin(label: str) -> str:
@@ -149,6 +152,8 @@ class Key:
         pearson = "pearson_residuals_normalization"
         #: :func:`stimage_sd.tl.run_pipeline` parameters.
         analysis = "stimage_analysis"
+        #: :func:`stimage_sd.pp.integrate` parameters (Harmony).
+        harmony = "harmony"
         #: Default ``key_added`` of :func:`stimage_sd.tl.svg` (squidpy's own key).
         moranI = "moranI"
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._keys import Key
 from ..errors import StimageError
 from ..pp._utils import get_table
 from ._spatial import _close
@@ -118,7 +119,7 @@ def cohort_domains(
     else:
         sel = np.ones(adata.n_obs, dtype=bool)
     sub_obs = obs[sel]
-    xy = np.asarray(adata.obsm["spatial"])[sel]
+    xy = np.asarray(adata.obsm[Key.obsm.spatial])[sel]
     slides = list(pd.unique(sub_obs[batch_key].astype(str)))
     if scores is None and truth is not None:
         scores = score_cohort(adata, key=key, truth=truth, batch_key=batch_key, study_key=study_key, table_key=table_key)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._keys import Key
 from .._logging import logger
 from ..errors import StimageError
 from ._utils import table_to_modify
@@ -68,11 +69,11 @@ def highly_variable_genes(
     import scanpy as sc
 
     adata = table_to_modify(data, table_key, copy)
-    if flavor != "seurat_v3" and "log1p" not in adata.uns:
+    if flavor != "seurat_v3" and Key.uns.log1p not in adata.uns:
         raise StimageError(f"flavor={flavor!r} needs log-normalised X: run stimage_sd.pp.normalize first")
     layer = None
     if flavor == "seurat_v3":
-        if "counts" not in adata.layers:
+        if Key.layers.counts not in adata.layers:
             raise StimageError("flavor='seurat_v3' needs raw counts in layers['counts'] (stimage_sd.pp.normalize keeps them)")
         layer = "counts"
     if batch_key is not None:
@@ -80,8 +81,8 @@ def highly_variable_genes(
     sc.pp.highly_variable_genes(
         adata, n_top_genes=int(min(n_top_genes, adata.n_vars)), flavor=flavor, batch_key=batch_key, layer=layer
     )
-    adata.uns["hvg"] = {"flavor": flavor, "batch_key": batch_key or ""}
-    logger.info("%d highly variable genes (%s, batch_key=%s)", int(adata.var["highly_variable"].sum()), flavor, batch_key)
+    adata.uns[Key.uns.hvg] = {"flavor": flavor, "batch_key": batch_key or ""}
+    logger.info("%d highly variable genes (%s, batch_key=%s)", int(adata.var[Key.var.highly_variable].sum()), flavor, batch_key)
     return adata if copy else None
 
 
@@ -148,7 +149,7 @@ def integrate(
                           max_iter=max_iter, seed=seed)
     key = key_added or f"{use_rep}_harmony"
     adata.obsm[key] = corrected
-    adata.uns["harmony"] = {"batch_key": batch_key, "use_rep": use_rep, "key_added": key, "theta": float(theta),
+    adata.uns[Key.uns.harmony] = {"batch_key": batch_key, "use_rep": use_rep, "key_added": key, "theta": float(theta),
                             "max_iter": int(max_iter), "seed": int(seed)}
     return adata if copy else None
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from .._keys import Key
 from .._logging import logger
 from ..errors import StimageError
 from ..pp._cohort import harmonize
@@ -123,18 +124,18 @@ def slide_graph(adata, batch_key: str = "slide", *, key_added: str = "spatial") 
     from ._graph import spatial_graph
 
     slides = adata.obs[batch_key].astype(str).to_numpy()
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    xy = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)
     n = adata.n_obs
     rows, cols = [], []
     for s in pd.unique(slides):
         idx = np.flatnonzero(slides == s)
         sub = AnnData(obs=pd.DataFrame(index=adata.obs_names[idx]))
-        sub.obsm["spatial"] = xy[idx]
-        if "tech" in adata.obs:
-            sub.uns["stimage"] = {"tech": str(adata.obs["tech"].iloc[idx[0]])}
+        sub.obsm[Key.obsm.spatial] = xy[idx]
+        if Key.obs.tech in adata.obs:
+            sub.uns[Key.uns.stimage] = {"tech": str(adata.obs[Key.obs.tech].iloc[idx[0]])}
         if len(idx) > 1:
             spatial_graph(sub)
-            c = sparse.coo_matrix(sub.obsp["spatial_connectivities"])
+            c = sparse.coo_matrix(sub.obsp[Key.obsp.spatial_conn()])
             rows.append(idx[c.row])
             cols.append(idx[c.col])
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
@@ -219,16 +220,16 @@ def cohort_domains(
     import scanpy as sc
 
     adata = table_to_modify(data, table_key, copy)
-    if "stimage_normalize" not in adata.uns and "log1p" not in adata.uns:
+    if Key.uns.normalize not in adata.uns and Key.uns.log1p not in adata.uns:
         raise StimageError("tl.cohort_domains needs normalised expression: run stimage_sd.pp.normalize first")
     if batch_key not in adata.obs:
         raise StimageError(f"obs has no column {batch_key!r} (a cohort from stimage_sd.io.read_cohort has 'slide')")
-    if "spatial" not in adata.obsm:
+    if Key.obsm.spatial not in adata.obsm:
         raise StimageError("obsm['spatial'] is missing: the cohort needs spot coordinates")
     if integrate not in ("harmony", None):
         raise ValueError(f"integrate must be 'harmony' or None, got {integrate!r}")
 
-    mask = adata.var["highly_variable"].to_numpy(dtype=bool) if "highly_variable" in adata.var else None
+    mask = adata.var[Key.var.highly_variable].to_numpy(dtype=bool) if Key.var.highly_variable in adata.var else None
     n_feat = int(mask.sum()) if mask is not None else adata.n_vars
     n_comps = max(2, min(n_pcs, n_feat - 1, adata.n_obs - 1))
     slides = adata.obs[batch_key].astype(str).to_numpy()
@@ -241,7 +242,7 @@ def cohort_domains(
         z = np.asarray(adata.obsm[pca_key], dtype=np.float64)
 
     conn = slide_graph(adata, batch_key)
-    techs = adata.obs["tech"].astype(str).to_numpy() if "tech" in adata.obs else np.full(adata.n_obs, "")
+    techs = adata.obs[Key.obs.tech].astype(str).to_numpy() if Key.obs.tech in adata.obs else np.full(adata.n_obs, "")
     width = 2 * z.shape[1] if spatial_weight > 0 else z.shape[1]
     feats = np.zeros((adata.n_obs, width), dtype=np.float32)
     hops_used: dict[str, int] = {}

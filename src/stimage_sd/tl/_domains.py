@@ -432,12 +432,15 @@ def cluster_features(
         k = min(n_neighbors, n - 1)
         conn, dist = _knn_graph(feats, k, seed)
         tmp = AnnData(obs=pd.DataFrame(index=pd.RangeIndex(n).astype(str)))
-        tmp.obsp["c"], tmp.obsp["d"] = conn, dist
-        tmp.uns["knn"] = {"connectivities_key": "c", "distances_key": "d", "params": {"n_neighbors": int(k), "method": "knn-union"}}
+        # a scratch table holding only the feature graph, named as tl.domains names it
+        ckey, dkey = Key.obsp.domain_knn_conn("knn"), Key.obsp.domain_knn_dist("knn")
+        tmp.obsp[ckey], tmp.obsp[dkey] = conn, dist
+        nkey = Key.uns.domain_knn("knn")
+        tmp.uns[nkey] = {"connectivities_key": ckey, "distances_key": dkey, "params": {"n_neighbors": int(k), "method": "knn-union"}}
         if n_domains is None:
-            labels, info["resolution"] = _leiden(tmp, resolution, seed, "knn"), float(resolution)
+            labels, info["resolution"] = _leiden(tmp, resolution, seed, nkey), float(resolution)
         else:
-            labels, used = _leiden_to_k(tmp, int(n_domains), seed, "knn")
+            labels, used = _leiden_to_k(tmp, int(n_domains), seed, nkey)
             info["resolution"] = float(used)
     elif method == "kmeans":
         from sklearn.cluster import KMeans
