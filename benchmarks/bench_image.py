@@ -11,6 +11,8 @@ and peak RSS:
   Zarr array (tifffile's Zarr store -> ``dask.array.store``, same codec) - the reference time;
 - ``stimage_sd``: ``read_image`` (lazy) -> ``multiscale_image`` -> ``stimage_sd.io.write``
   (level 0 written chunk by chunk, each level computed from the written one);
+- ``stimage_sd-no-checksums`` (``--methods``): the same without the content checksums
+  recorded since issue 15 (CRC-32 of every chunk of every level), to measure their cost;
 - ``naive``: decode all (``tifffile.imread`` / PIL), ``Image2DModel.parse(...,
   scale_factors=[2]*n, chunks=1024)``, ``SpatialData.write``.
 
@@ -117,8 +119,14 @@ def run_method(method: str, src: Path, out: Path) -> None:
         dst = zarr.create_array(store=str(out), shape=z.shape, chunks=z.chunks, dtype=z.dtype,
                                 compressors=_codecs(DEFAULT_COMPRESSION))
         da.store(arr, dst, lock=False, scheduler="threads")
-    elif method == "stimage_sd":
+    elif method in ("stimage_sd", "stimage_sd-no-checksums"):
         from stimage_sd import io
+
+        if method == "stimage_sd-no-checksums":  # issue 15: the cost of the content checksums
+            from stimage_sd.io import _checksums
+
+            _checksums.LevelDigest.add = lambda self, key, block: None
+            _checksums.LevelDigest.record = lambda self: {}
         from stimage_sd.io._pyramid import multiscale_image
 
         img = io.read_image(src)

@@ -34,7 +34,7 @@ ALLOWED = {
     "workflows": {"io", "pp", "tl", "pl"},
     "cli": {"io", "pp", "tl", "pl", "ml", "hub", "batch", "workflows", "datasets"},
 }
-SHARED = {"_constants", "errors", "_logging", "_utils", "_compat", "_deprecation", "_keys", "_docs", "__init__", "__main__"}
+SHARED = {"_constants", "errors", "_logging", "_utils", "_compat", "_deprecation", "_keys", "_docs", "_isolate", "__init__", "__main__"}
 #: import name -> distribution name, where they differ
 DIST = {"sklearn": "scikit-learn", "PIL": "pillow", "ome_zarr": "ome-zarr", "google_crc32c": "google-crc32c",
         "skmisc": "scikit-misc", "yaml": "pyyaml", "skimage": "scikit-image", "huggingface_hub": "huggingface-hub",

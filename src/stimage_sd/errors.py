@@ -11,6 +11,7 @@ from pathlib import Path
 __all__ = [
     "FormatError",
     "IncompleteStoreError",
+    "LockedError",
     "RemoteReadError",
     "SlideNotFoundError",
     "StimageError",
@@ -70,6 +71,13 @@ class SlideNotFoundError(StimageError, FileNotFoundError):
 
 class IncompleteStoreError(StimageError):
     """A Zarr store is missing its completion marker (an interrupted or foreign write)."""
+
+
+class LockedError(StimageError):
+    """Another live run holds the lock of a store (or of a batch output folder).
+
+    The message names the other run (command, pid, host, start time) and the lock file.
+    """
 
 
 class RemoteReadError(StimageError, OSError):

@@ -987,6 +987,28 @@ def annotation_partial(b: Base) -> Expected:
     return Expected("repair", warning="not in the slide", check=check)
 
 
+@case("annotation", "one spot given two different labels (and another repeated with the same label)", "repaired: the first label kept, warning, `uns['stimage']['annotation']['conflicts']` names the spot, both labels, the one kept and the line")
+def annotation_conflicting_labels(b: Base) -> Expected:
+    p = b.files.annotation
+    lines = _read_lines(p)
+    first, second = _cells(lines[1]), _cells(lines[2])
+    other = "NOT_" + first[1]
+    n_lines = len(lines)
+    lines += [f"{first[0]},{other}\n", f"{second[0]},{second[1]}\n"]  # a conflict, then a harmless repeat
+    _write_lines(p, lines)
+
+    def check(sdata) -> None:
+        t = sdata["table"]
+        c = t.uns["stimage"]["annotation"]["conflicts"]
+        assert int(c["n"]) == 1
+        assert list(c["spot"]) == [first[0]] and list(c["kept"]) == [first[1]]
+        assert list(c["dropped"]) == [other] and [int(v) for v in c["line"]] == [n_lines + 1]
+        assert t.obs.loc[first[0], "annotation"] == first[1]
+        assert t.obs.loc[second[0], "annotation"] == second[1]
+
+    return Expected("repair", warning="conflicting labels", check=check)
+
+
 @case("annotation", "one column only", "`FormatError` needs a spot id and a label column, line 1")
 def annotation_one_column(b: Base) -> Expected:
     p = b.files.annotation
@@ -1140,6 +1162,222 @@ def layout_missing_image(b: Base) -> Expected:
     p = b.files.image
     p.unlink()
     return _error(p, exc=SlideNotFoundError, message="missing file")
+
+
+# =========================================================================== damaged stores
+#
+# Cases that damage a *converted* store the way disks, copies and hands damage folders, and
+# state what ``validate`` must report (plain, then with the release files), through the
+# library and ``stimage-sd validate``; and stores that ``analyze`` must survive (through
+# ``analyze_store`` and ``stimage-sd analyze``). Never a crash.
+
+
+@dataclass
+class StoreExpected:
+    """What :func:`stimage_sd.io.validate` must report for a damaged store.
+
+    Attributes
+    ----------
+    problems
+        Strings that the problems of a plain ``validate`` must contain (each in some problem);
+        for an ``analyze`` case, strings of the error or of the skip reason.
+    source_problems
+        Strings that ``validate(source=...)`` must report in addition.
+    status
+        For an ``analyze`` case: the store's status in ``summary.csv`` (``"ok"``,
+        ``"skipped"``, ``"failed"``).
+    """
+
+    problems: tuple[str, ...]
+    source_problems: tuple[str, ...] = ()
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreCase:
+    """One damaged-store entry: how to damage a converted store, and the documented report."""
+
+    name: str
+    command: str
+    part: str
+    summary: str
+    outcome: str
+    build: Callable[[Path], StoreExpected] = field(repr=False)
+
+
+STORE_CASES: dict[str, StoreCase] = {}
+
+
+def store_case(command: str, part: str, summary: str, outcome: str):
+    """Register a store case ``build(store) -> StoreExpected`` for ``command`` (``"validate"``
+    or ``"analyze"``) under its function name."""
+
+    def deco(fn: Callable[[Path], StoreExpected]) -> Callable[[Path], StoreExpected]:
+        if fn.__name__ in STORE_CASES:
+            raise ValueError(f"duplicate store case {fn.__name__}")
+        STORE_CASES[fn.__name__] = StoreCase(fn.__name__, command, part, summary, outcome, fn)
+        return fn
+
+    return deco
+
+
+def store_corpus_table() -> str:
+    """The store cases as a Markdown table (used for ``docs/robustness.md``)."""
+    rows = ["| # | command | element | case | outcome |", "|---|---|---|---|---|"]
+    for i, c in enumerate(STORE_CASES.values(), 1):
+        rows.append(f"| S{i} | `{c.command}` | {c.part} | {c.summary} | {c.outcome} |")
+    return "\n".join(rows)
+
+
+def _zarr_rw(path: Path):
+    import zarr
+
+    return zarr.open_array(str(path), mode="r+")
+
+
+def _flip_decodable(chunk: Path, check: Callable[[np.ndarray], bool], array_dir: Path) -> int:
+    """Flip one byte of a compressed chunk file so that it still decodes, to values ``check`` accepts.
+
+    Returns the byte offset flipped (deterministic: the first that works).
+    """
+    import zarr
+
+    orig = chunk.read_bytes()
+    for i in range(len(orig)):
+        for bit in (0x80, 0x40, 0x10, 0x01):
+            b = bytearray(orig)
+            b[i] ^= bit
+            chunk.write_bytes(bytes(b))
+            try:
+                values = np.asarray(zarr.open_array(str(array_dir), mode="r")[...])
+            except Exception:
+                continue
+            if check(values):
+                return i
+    chunk.write_bytes(orig)
+    raise AssertionError(f"no decodable single-byte flip of {chunk} found")
+
+
+@store_case("validate", "counts `X/indices`", "one byte flipped in the compressed chunk; it still decodes, and an index now points outside the genes (segfaulted `validate --source` before)", "structure: index outside `0..n_genes-1`; counts not compared (no native code touches them); exit 1")
+def store_indices_byte_flip(store: Path) -> StoreExpected:
+    arr_dir = store / "tables" / "table" / "X" / "indices"
+    n_genes = int(_zattrs_shape(store / "tables" / "table" / "X")[1])
+    _flip_decodable(arr_dir / "c" / "0", lambda v: bool((v >= n_genes).any() | (v < 0).any()), arr_dir)
+    return StoreExpected(("[structure]", "outside 0..39"), ("counts not compared",))
+
+
+@store_case("validate", "counts `X/indices`", "one byte flipped so that the chunk no longer decodes", "structure: `indices` cannot be decoded; exit 1")
+def store_indices_undecodable(store: Path) -> StoreExpected:
+    f = store / "tables" / "table" / "X" / "indices" / "c" / "0"
+    b = bytearray(f.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    f.write_bytes(bytes(b))
+    return StoreExpected(("[structure]", "'indices' cannot be decoded"))
+
+
+@store_case("validate", "counts `X/indices`", "an index rewritten in range but out of order within its row (Zarr API)", "structure: indices not strictly increasing within the row; checksums: raw counts differ")
+def store_indices_unsorted(store: Path) -> StoreExpected:
+    a = _zarr_rw(store / "tables" / "table" / "X" / "indices")
+    ip = np.asarray(_zarr_rw(store / "tables" / "table" / "X" / "indptr")[...])
+    v = np.asarray(a[...])
+    row = int(np.flatnonzero(np.diff(ip) >= 2)[0])
+    i = int(ip[row])
+    v[i], v[i + 1] = v[i + 1], v[i]
+    a[...] = v
+    return StoreExpected((f"within row {row}",))
+
+
+@store_case("validate", "counts `X/indptr`", "`indptr` decreasing (a row end overwritten)", "structure: indptr decreases at row N; exit 1")
+def store_indptr_decreasing(store: Path) -> StoreExpected:
+    a = _zarr_rw(store / "tables" / "table" / "X" / "indptr")
+    v = np.asarray(a[...])
+    v[5] = v[7] + 3
+    a[...] = v
+    return StoreExpected(("indptr decreases",), ("counts not compared",))
+
+
+@store_case("validate", "counts `X/data`", "the chunk file of `data` deleted (reads back as zeros: every spot loses its counts)", "structure: chunk of `data` missing on disk; exit 1")
+def store_data_chunk_deleted(store: Path) -> StoreExpected:
+    (store / "tables" / "table" / "X" / "data" / "c" / "0").unlink()
+    return StoreExpected(("chunk file(s) of 'data' missing",), ("counts not compared",))
+
+
+@store_case("validate", "counts `X/data`", "one count changed (+1), structure intact", "checksums: raw counts differ from those written; with `--source`: the spot, gene and both values")
+def store_count_changed(store: Path) -> StoreExpected:
+    a = _zarr_rw(store / "tables" / "table" / "X" / "data")
+    v = np.asarray(a[...])
+    v[3] += 1
+    a[...] = v
+    return StoreExpected(("raw counts (X) differ from those written",), ("1 count(s) differ from the count file",))
+
+
+@store_case("validate", "image `he`", "one pixel changed (Zarr API)", "checksums: level pixels differ from those written; with `--source`: pixels differ from the source image, naming the chunk")
+def store_pixel_changed(store: Path) -> StoreExpected:
+    a = _zarr_rw(store / "images" / "he" / "s0")
+    a[1, 7, 9] = 255 - int(a[1, 7, 9])
+    return StoreExpected(("level s0: pixels differ from those written",),
+                         ("1 pixel(s) differ from the source image", "chunk '0/0'"))
+
+
+@store_case("validate", "image `he`", "an image chunk file deleted (reads back as black)", "checksums: chunk file missing (names it) and pixels differ; with `--source`: pixels differ from the source image")
+def store_image_chunk_deleted(store: Path) -> StoreExpected:
+    (store / "images" / "he" / "s0" / "c" / "0" / "0" / "0").unlink()
+    return StoreExpected(("1 chunk file(s) missing", "absent: chunk '0/0'"), ("differ from the source image",))
+
+
+@store_case("validate", "image `he`", "an image chunk file truncated (half-copied)", "checksums: chunk cannot be decoded (names it); exit 1")
+def store_image_chunk_truncated(store: Path) -> StoreExpected:
+    f = store / "images" / "he" / "s0" / "c" / "0" / "0" / "0"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return StoreExpected(("cannot be decoded (chunk '0/0')",))
+
+
+def _zattrs_shape(node: Path) -> list[int]:
+    import json
+
+    return json.loads((node / "zarr.json").read_text(encoding="utf-8"))["attributes"]["shape"]
+
+
+def _shrink(store: Path, n: int) -> None:
+    """Rewrite the store with its first ``n`` spots only (as if the release had only those)."""
+    import spatialdata as sd
+
+    from stimage_sd.io import read, write
+
+    sdata = read(store)
+    table = sdata["table"][:n].copy()
+    table.uns["stimage"]["n_spots"] = n
+    shapes = sdata["spots"].iloc[:n]
+    small = sd.SpatialData(images=dict(sdata.images), shapes={"spots": shapes}, tables={"table": table},
+                           attrs=sdata.attrs)
+    write(small, store, overwrite=True)
+
+
+@store_case("analyze", "store", "1 spot (crashed in native code in the HVG step before)", "skipped: HVG, graph, domains, SVG; reason in the note and `uns['stimage_analysis']['skipped']`; exit 0")
+def analyze_one_spot(store: Path) -> StoreExpected:
+    _shrink(store, 1)
+    return StoreExpected(("1 spot(s), fewer than the 10 needed",), status="skipped")
+
+
+@store_case("analyze", "store", "2 spots (crashed in native code before)", "skipped, as for 1 spot")
+def analyze_two_spots(store: Path) -> StoreExpected:
+    _shrink(store, 2)
+    return StoreExpected(("2 spot(s), fewer than the 10 needed",), status="skipped")
+
+
+@store_case("analyze", "store", "4 spots (a scikit-learn error before)", "skipped, as for 1 spot")
+def analyze_four_spots(store: Path) -> StoreExpected:
+    _shrink(store, 4)
+    return StoreExpected(("4 spot(s), fewer than the 10 needed",), status="skipped")
+
+
+@store_case("analyze", "counts `X/indices`", "an index outside the genes (structurally damaged store)", "failed before any native code: `StimageError` the store is damaged (names the problem); exit 1; the other stores go on")
+def analyze_damaged_indices(store: Path) -> StoreExpected:
+    a = _zarr_rw(store / "tables" / "table" / "X" / "indices")
+    v = np.asarray(a[...])
+    v[10] = 10**8
+    a[...] = v
+    return StoreExpected(("the store is damaged", "outside 0..39"), status="failed")
 
 
 def _rename_slide(b: Base, new: str) -> str:

@@ -259,3 +259,146 @@ def test_token_never_in_logs_or_stores(corpus_base, tmp_path, monkeypatch, capsy
     for p in out.rglob("*"):
         if p.is_file():
             assert secret.encode() not in p.read_bytes(), p
+
+
+# --------------------------------------------------------------------------- damaged stores
+
+from corpus import STORE_CASES, store_corpus_table  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus_store(corpus_base, tmp_path_factory) -> Path:
+    """The base slide converted once; each damaged-store case damages a copy."""
+    return convert_slide(corpus_base.root, corpus_base.slide, tmp_path_factory.mktemp("corpus_store"))
+
+
+def _damaged(corpus_store: Path, tmp_path: Path, name: str):
+    import shutil
+
+    store = tmp_path / corpus_store.name
+    shutil.copytree(corpus_store, store)
+    return store, STORE_CASES[name].build(store)
+
+
+def _has(problems: list[str], needle: str) -> bool:
+    return any(needle in p for p in problems)
+
+
+def test_pristine_store_is_valid_with_checksums(corpus_base, corpus_store):
+    from stimage_sd.io import validate
+
+    report = validate(corpus_store, corpus_base.root)
+    assert report.ok, str(report)
+    assert {"structure", "checksums", "pixels", "counts"} <= set(report.checks)
+
+
+VALIDATE_CASES = [n for n, c in STORE_CASES.items() if c.command == "validate"]
+ANALYZE_CASES = [n for n, c in STORE_CASES.items() if c.command == "analyze"]
+
+
+@pytest.mark.parametrize("name", VALIDATE_CASES)
+def test_store_library(name, corpus_base, corpus_store, tmp_path):
+    from stimage_sd.io import validate
+
+    store, exp = _damaged(corpus_store, tmp_path, name)
+    plain = [str(p) for p in validate(store).problems]
+    for needle in exp.problems:
+        assert _has(plain, needle), (needle, plain)
+    full = [str(p) for p in validate(store, corpus_base.root).problems]
+    for needle in (*exp.problems, *exp.source_problems):
+        assert _has(full, needle), (needle, full)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", VALIDATE_CASES)
+def test_store_cli(name, corpus_base, corpus_store, tmp_path, capsys, stimage_logging):
+    store, exp = _damaged(corpus_store, tmp_path, name)
+    for extra in ([], ["--source", str(corpus_base.root)]):
+        code = main(["--quiet", "validate", str(store), *extra])
+        cap = capsys.readouterr()
+        text = _squash(cap.out + cap.err)
+        assert code == 1, text
+        assert "Traceback" not in text
+        for needle in (*exp.problems, *(exp.source_problems if extra else ())):
+            assert _squash(needle) in text, (needle, text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["store_indices_byte_flip", "store_data_chunk_deleted"])
+def test_store_cli_subprocess(name, corpus_base, corpus_store, tmp_path):
+    """A real ``stimage-sd validate`` process: exit 1 and the report, no crash signal (was SIGSEGV)."""
+    store, exp = _damaged(corpus_store, tmp_path, name)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "300"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stimage_sd", "--quiet", "validate", str(store), str(corpus_store),
+         "--source", str(corpus_base.root)],
+        capture_output=True, text=True, timeout=150, env=env,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, (proc.returncode, text)
+    assert "Traceback" not in text
+    assert _squash(exp.problems[0]) in _squash(text)
+    assert "1 of 2 store(s) valid" in text  # the pristine store after the damaged one is still checked
+
+
+@pytest.mark.parametrize("name", ANALYZE_CASES)
+def test_analyze_library(name, corpus_store, tmp_path):
+    from stimage_sd.workflows import analyze_store
+
+    store, exp = _damaged(corpus_store, tmp_path, name)
+    if exp.status == "failed":
+        with pytest.raises(StimageError) as err:
+            analyze_store(store, seed=0)
+        for needle in exp.problems:
+            assert needle in str(err.value)
+        return
+    summary = analyze_store(store, seed=0)
+    assert (summary["skipped"] != {}) == (exp.status == "skipped")
+    reasons = " ".join(summary["skipped"].values())
+    for needle in exp.problems:
+        assert needle in reasons
+    table = read(store)["table"]
+    assert dict(table.uns["stimage_analysis"]["skipped"]) == summary["skipped"]
+    assert "counts" in table.layers  # the normalisation ran and was written back
+
+
+@pytest.mark.slow
+def test_analyze_cli_one_bad_store_does_not_take_down_the_run(corpus_store, tmp_path):
+    """``analyze good <each case> good --report R`` in a real process: every store has its row."""
+    import csv
+    import shutil
+
+    stores, expected = [], []
+    good = tmp_path / "good"
+    shutil.copytree(corpus_store, good / corpus_store.name)
+    stores.append(good / corpus_store.name)
+    expected.append(("ok", ()))
+    for name in ANALYZE_CASES:
+        store, exp = _damaged(corpus_store, tmp_path / name, name)
+        stores.append(store)
+        expected.append((exp.status, exp.problems))
+    good2 = tmp_path / "good2" / corpus_store.name
+    shutil.copytree(corpus_store, good2)
+    stores.append(good2)
+    expected.append(("ok", ()))
+    report = tmp_path / "R"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "COLUMNS": "300"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stimage_sd", "--quiet", "analyze", *map(str, stores), "--report", str(report)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text  # one store failed (the damaged one)
+    assert "Traceback" not in text
+    with open(report / "summary.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["store"] for r in rows] == [str(s) for s in stores]
+    for row, (status, needles) in zip(rows, expected, strict=True):
+        assert row["status"] == status, row
+        for needle in needles:
+            assert needle in row["note"], row
+
+
+def test_store_docs_table_in_sync():
+    doc = (REPO / "docs" / "robustness.md").read_text(encoding="utf-8")
+    assert store_corpus_table() in doc, "regenerate: python -c 'import sys; sys.path.insert(0, \"tests\"); from corpus import store_corpus_table; print(store_corpus_table())'"

@@ -59,8 +59,12 @@ def test_one_count_altered_in_zarr_is_caught(store_copy, sample_root):
     data[k] = old + 1
     row = int(np.searchsorted(indptr, k, side="right") - 1)
     spot = sd.read_zarr(path, selection=("tables",))["table"].obs_names[row]
-    # the contract alone still holds: a count is just a number
-    assert validate(path).ok
+    # the contract alone still holds (a count is just a number), but the content checksum
+    # recorded at conversion catches it without the source (issue 15)
+    plain = validate(path)
+    assert [p.check for p in plain.problems] == ["checksums"], str(plain)
+    assert "raw counts (X) differ from those written" in str(plain)
+    assert validate(path, checksums=False).ok
     report = validate(path, source=sample_root)
     assert not report.ok
     counts = _problems(report, "counts")
@@ -236,6 +240,46 @@ def test_damaged_release_file_reported_not_raised(store_copy, sample_root, tmp_p
     report = validate(path, source=root, checksums=False)
     assert not report.ok
     assert any(str(files.counts) in m and "line 4" in m for m in _problems(report, "source")), report.problems
+
+
+def test_checksums_follow_the_table_swap_and_catch_damage_after_it(store_copy, sample_root):
+    """``replace_table`` records the new table's checksum; ``recover_store`` when it rolls forward."""
+    from stimage_sd.io import recover_store, replace_table
+    from stimage_sd.io._checksums import CHECKSUM_KEY, csr_digest
+    from stimage_sd.io._transaction import PENDING_KEY, store_attrs
+
+    _, path = store_copy
+    table = sd.read_zarr(path, selection=("tables",))["table"]
+    counts = table.X.copy()
+    table.layers["counts"] = counts
+    table.X = counts.astype(np.float32) / 2  # any analysis result
+    replace_table(path, table)
+    rec = store_attrs(path)[CHECKSUM_KEY]["tables"]["table"]
+    assert rec["location"] == "layers/counts" and rec["digest"] == csr_digest(counts)
+    assert validate(path, source=sample_root).ok
+    # killed after the swap, before the marker: the next run finishes it and records
+    table2 = table.copy()
+    table2.layers["counts"].data[0] += 1  # different raw counts: the record must follow them
+    from stimage_sd.io import _transaction as tx
+
+    def killed(_path):
+        raise KeyboardInterrupt  # like SIGINT during step 4
+
+    real, tx.consolidate = tx.consolidate, killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            replace_table(path, table2)
+    finally:
+        tx.consolidate = real
+    assert store_attrs(path).get(PENDING_KEY)
+    assert recover_store(path) == "finished"
+    rec = store_attrs(path)[CHECKSUM_KEY]["tables"]["table"]
+    assert rec["digest"] == csr_digest(table2.layers["counts"])
+    assert validate(path).ok
+    # damage after the swap is caught without the source
+    group = zarr.open_group(str(path / "tables" / "table" / "layers" / "counts"), mode="r+")
+    group["data"][0] = group["data"][0] + 1
+    assert "raw counts (layers/counts) differ from those written" in str(validate(path))
 
 
 @pytest.mark.parametrize(

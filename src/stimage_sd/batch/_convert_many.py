@@ -42,7 +42,7 @@ from .._utils import cpu_count
 from ..errors import StimageError
 from ..io._convert import finish_table_swap, store_path
 from ..io._layout import find_metadata, list_slides
-from ..io._transaction import is_complete
+from ..io._transaction import WRITE_BACK_OPERATIONS, is_complete, lock_holder
 from ._cost import AUTO_SERIAL_BYTES, WORKER_BASE, SlideCost, estimate_cost
 from ._manifest import (
     MANIFEST_NAME,
@@ -242,7 +242,15 @@ def convert_many(
                 results[slide] = SlideResult(slide, "failed", error=str(e), finished_at=now())
                 manifest.slides[slide] = results[slide].to_record()
                 continue
-            if not overwrite:
+            holder = None if overwrite else lock_holder(dest)
+            if holder is not None and holder.get("operation") in WRITE_BACK_OPERATIONS:
+                # an analysis is writing its results into this (complete) store: leave it
+                logger.info("%s: being written by %s; skipped", slide, holder.get("command") or holder.get("operation"))
+                res = skipped_result(root, slide, dest, previous.get(slide, {}))
+                results[slide] = res
+                manifest.slides[slide] = res.to_record()
+                continue
+            if not overwrite and holder is None:
                 finish_table_swap(dest)
             if not overwrite and is_complete(dest):
                 res = skipped_result(root, slide, dest, previous.get(slide, {}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +13,6 @@ from typing import Any
 
 from .._constants import TECHS
 from .._logging import logger
-from .._utils import naming_path
 from ..errors import StimageError
 from ..io._layout import SlideFiles
 from ..io._transaction import TMP_TAG, TRASH_TAG, atomic_write_json, sibling_stem, store_attrs
@@ -200,67 +198,25 @@ def read_manifest(out_dir: str | Path):
     return df
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def run_lock(out_dir: Path) -> Iterator[None]:
-    """Refuse two runs writing into one folder; take over the lock of a dead run."""
-    path = out_dir / _LOCK_NAME
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                other = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                other = {}
-            host, pid = other.get("host"), other.get("pid")
-            if host == me["host"] and isinstance(pid, int) and pid != me["pid"] and _pid_alive(pid):
-                raise StimageError(
-                    f"{out_dir}: another conversion (pid {pid}, started {other.get('started_at')}) is "
-                    "writing to this folder; wait for it or stop it"
-                ) from None
-            if host not in (None, me["host"]):
-                raise StimageError(
-                    f"{out_dir}: a conversion on host {host} (pid {pid}) holds {path}; if it is no "
-                    "longer running, delete that file and start again"
-                ) from None
-            logger.info("taking over the lock of an interrupted run (pid %s)", pid)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        try:
-            with naming_path(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(me, fh)
-        except OSError:  # a full disk: leave no empty lock behind
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
-        break
-    else:  # pragma: no cover - lost a race twice
-        raise StimageError(f"{out_dir}: cannot take the run lock {path}")
-    try:
+    """Refuse two runs writing into one folder; take over the lock of a dead run.
+
+    The lock is ``<out>/.stimage-convert.lock`` (:func:`stimage_sd.io._transaction.file_lock`:
+    host, pid and process start time, so that a pid reused by an unrelated process does not
+    keep the lock alive). A refusal names the other run and the lock file.
+    """
+    from ..io._transaction import file_lock
+
+    with file_lock(Path(out_dir) / _LOCK_NAME, "a batch conversion", timeout=0, what=str(out_dir)):
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            if json.loads(path.read_text(encoding="utf-8")).get("pid") == me["pid"]:
-                path.unlink()
 
 
 def cleanup_partials(out_dir: Path) -> int:
     """Remove what interrupted writes left: ``.<slide>.zarr.tmp-*``/``.trash-*``, manifest temporaries."""
     import shutil
 
-    from ..io._transaction import journaled_siblings
+    from ..io._transaction import LOCK_SUFFIX, journaled_siblings, lock_holder, remove_stale_lock
 
     n = 0
     stores = {sibling_stem(s): s for s in out_dir.glob("*.zarr")}  # long ids: hashed stems
@@ -270,7 +226,13 @@ def cleanup_partials(out_dir: Path) -> int:
             store = stores.get(stem, out_dir / stem)
             if p.name in journaled_siblings(store):  # an interrupted table swap: recoverable
                 continue
+            if lock_holder(store) is not None:  # a live run (e.g. an analysis) is writing it
+                continue
             shutil.rmtree(p, ignore_errors=True)
+            n += 1
+    for p in out_dir.glob(f".*.zarr{LOCK_SUFFIX}"):  # the store lock of a dead run
+        stem = p.name[1:].removesuffix(LOCK_SUFFIX)
+        if remove_stale_lock(stores.get(stem, out_dir / stem)):
             n += 1
     for p in out_dir.glob(f".{MANIFEST_NAME}.tmp-*"):  # a manifest update cut short
         p.unlink(missing_ok=True)

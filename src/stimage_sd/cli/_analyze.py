@@ -16,13 +16,17 @@ SUMMARY_COLUMNS = (
 )
 
 
-def _row(store: Path, summary: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+def _row(store: Path, summary: dict[str, Any] | None, error: str | None, status: str = "failed") -> dict[str, Any]:
     if summary is None:
-        return {"slide": store.name.removesuffix(".zarr"), "status": "failed", "store": str(store), "note": error}
-    note = "" if summary.get("ari") is not None else "no annotation: scoring skipped"
+        return {"slide": store.name.removesuffix(".zarr"), "status": status, "store": str(store), "note": error}
+    skipped = summary.get("skipped") or {}
+    if skipped:
+        note = f"skipped {', '.join(skipped)}: {next(iter(skipped.values()))}"
+    else:
+        note = "" if summary.get("ari") is not None else "no annotation: scoring skipped"
     return {
         "slide": summary["slide"],
-        "status": "ok",
+        "status": "skipped" if skipped else "ok",
         "tech": summary["tech"],
         "n_spots": summary["n_spots"],
         "n_genes": summary["n_genes"],
@@ -62,8 +66,11 @@ def analyze(
 
     Results are written back into each store (the table is replaced crash-safely: an
     interrupted run leaves the previous table, or a store that the next run repairs).
-    Annotated slides are scored against their annotation (ARI, NMI). A store that fails
-    is reported and the others go on; the exit status is 1 if any failed.
+    Annotated slides are scored against their annotation (ARI, NMI). Each store runs in a
+    worker process: a store that fails, or crashes in native code, is reported (status
+    failed or crashed in summary.csv) and the others go on; a store too small for a step
+    (fewer than 10 spots) has that step skipped (status skipped, the reason in the note).
+    The exit status is 1 if any store failed or crashed.
     """
     from rich.console import Console
     from rich.table import Table
@@ -73,21 +80,26 @@ def analyze(
 
     if normalize not in ("log1p", "pearson"):
         raise typer.BadParameter("must be 'log1p' or 'pearson'", param_hint="--normalize")
+    from .._isolate import Isolated
+
     rows: list[dict[str, Any]] = []
-    for store in track(stores, f"analysing {len(stores)} store(s)", total=len(stores)):
-        try:
-            summary = analyze_store(
-                store, n_domains=domains, seed=seed, report_dir=report, resolution=resolution,
+    # each store runs in a worker process: an error or a crash in native code is that
+    # store's row of the report, and the other stores go on
+    with Isolated() as iso:
+        for store in track(stores, f"analysing {len(stores)} store(s)", total=len(stores)):
+            out = iso.call(
+                analyze_store, store, n_domains=domains, seed=seed, report_dir=report, resolution=resolution,
                 normalize_method=normalize, filter_spots=filter_spots, table_key=table,
             )
-        except Exception as e:  # a failing store is reported; the others go on
-            logger.error("%s: %s", store, e)
-            rows.append(_row(store, None, f"{type(e).__name__}: {e}"))
-            continue
-        row = _row(store, summary, None)
-        if row["note"]:
-            logger.info("%s: %s", row["slide"], row["note"])
-        rows.append(row)
+            if out.status != "ok":
+                status = "crashed" if out.status == "crashed" else "failed"
+                logger.error("%s: %s", store, out.describe())
+                rows.append(_row(store, None, out.describe(), status))
+                continue
+            row = _row(store, out.value, None)
+            if row["note"]:
+                logger.info("%s: %s", row["slide"], row["note"])
+            rows.append(row)
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
         _write_summary(report / "summary.csv", rows)
@@ -101,5 +113,5 @@ def analyze(
             str(r.get("ari", "")), str(r.get("seconds", "")), str(r.get("note") or ""),
         )
     Console().print(out)
-    if any(r["status"] == "failed" for r in rows):
+    if any(r["status"] in ("failed", "crashed") for r in rows):
         raise typer.Exit(1)

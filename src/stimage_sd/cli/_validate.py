@@ -31,6 +31,17 @@ def _expand(paths: list[str]) -> list[Path | str]:
     return list(dict.fromkeys(out))
 
 
+def _validate_one(iso, validate_store, path: Path, source: Path | None, checksums: bool):
+    from ..io._validate import ValidationReport
+
+    outcome = iso.call(validate_store, path, source=source, checksums=checksums, progress=False)
+    if outcome.status == "ok":
+        return outcome.value
+    report = ValidationReport(path=path, source=source)
+    report.add("store", f"validation {outcome.describe()}")
+    return report
+
+
 @app.command()
 def validate(
     stores: list[str] = typer.Argument(..., help="Stores (OUT/<slide>.zarr), folders holding them, or store URLs (hf://datasets/<repo>/<slide>.zarr, s3://, https://)."),
@@ -38,17 +49,19 @@ def validate(
         None, "--source", help="Dataset root the stores were converted from: also compare spot ids, "
         "per-spot count totals, every count and gene names with the release files.",
     ),
-    checksums: bool = typer.Option(True, "--checksums/--no-checksums", help="With --source, compare SHA-256 checksums of the release files."),
+    checksums: bool = typer.Option(True, "--checksums/--no-checksums", help="Compare the content checksums recorded at conversion (counts, every image level) and, with --source, the SHA-256 of the release files."),
 ) -> None:
-    """Check converted stores: elements, links, coordinate systems, completion marker.
+    """Check converted stores: structure, content checksums, elements, links, coordinate systems, marker.
 
-    With --source, also check that spot ids, per-spot count totals, every count and gene
-    names match the release files. Prints one line per store and each problem found; the
+    With --source, also check that spot ids, per-spot count totals, every count, gene
+    names and image pixels match the release files. Each store is checked in a worker
+    process: damage that crashes native code is reported, never a crash. Prints one line per store and each problem found; the
     exit status is 1 if any store has a problem.
     """
     from rich.console import Console
     from rich.markup import escape
 
+    from .._isolate import Isolated
     from .._logging import track
     from ..io._validate import validate as validate_store
 
@@ -57,15 +70,20 @@ def validate(
     paths = _expand(stores)
     out, err = Console(), Console(stderr=True)
     n_bad = 0
-    for path in track(paths, "validating", total=len(paths)):
-        report = validate_store(path, source=source, checksums=checksums)
-        if report.ok:
-            out.print(f"[green]ok[/]      {escape(str(path))}", soft_wrap=True, highlight=False)
-            continue
-        n_bad += 1
-        err.print(f"[bold red]invalid[/] {escape(str(path))}: {len(report.problems)} problem(s)", soft_wrap=True, highlight=False)
-        for p in report.problems:
-            err.print(f"  - {escape(str(p))}", soft_wrap=True, highlight=False)
+    iso = Isolated()  # a crash in native code on a damaged store is reported, and the others go on
+    try:
+        for path in track(paths, "validating", total=len(paths)):
+            report = _validate_one(iso, validate_store, path, source, checksums)
+            if report.ok:
+                out.print(f"[green]ok[/]      {escape(str(path))}", soft_wrap=True, highlight=False)
+                continue
+            n_bad += 1
+            err.print(f"[bold red]invalid[/] {escape(str(path))}: {len(report.problems)} problem(s)",
+                      soft_wrap=True, highlight=False)
+            for p in report.problems:
+                err.print(f"  - {escape(str(p))}", soft_wrap=True, highlight=False)
+    finally:
+        iso.close()
     summary = f"{len(paths) - n_bad} of {len(paths)} store(s) valid"
     if source is not None:
         summary += f" (compared with {source})"

@@ -11,6 +11,9 @@ from ..errors import FormatError
 
 __all__ = ["UNLABELED", "read_annotation"]
 
+#: Conflicting labels recorded in ``uns["stimage"]["annotation"]["conflicts"]`` at most.
+MAX_CONFLICTS_RECORDED = 1000
+
 #: Labels the dataset authors drop before evaluation (compared case-insensitively).
 UNLABELED = frozenset({"", "nan", "na", "undetermined", "exclude"})
 
@@ -21,6 +24,8 @@ def read_annotation(path: str | Path) -> tuple[pd.Series, str]:
     The file has two columns: the spot id, then a label column whose name varies by study
     (``V2``, ``TLS_2_cat``, ...). Labels are kept verbatim (vocabularies are the source
     studies' own); duplicated spot ids keep their first label, as the dataset authors do.
+    A spot id given two *different* labels is a conflict: a warning is logged and
+    :func:`~stimage_sd.io.read_slide` records them in ``uns["stimage"]["annotation"]["conflicts"]``).
 
     Parameters
     ----------
@@ -46,6 +51,18 @@ def read_annotation(path: str | Path) -> tuple[pd.Series, str]:
     >>> column
     'TLS_2_cat'
     """
+    labels, column, _ = _read_annotation(path)
+    return labels, column
+
+
+def _read_annotation(path: str | Path) -> tuple[pd.Series, str, dict | None]:
+    """:func:`read_annotation`, plus the conflicting labels (``None`` when there are none).
+
+    The conflicts are one entry per dropped row whose label differs from the kept (first)
+    one: columns ``spot``, ``kept``, ``dropped`` (a missing label is ``""``) and ``line``
+    (of the dropped row; the header is line 1), at most :data:`MAX_CONFLICTS_RECORDED`
+    entries; ``n`` counts the spots with a conflict.
+    """
     path = Path(path)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
@@ -69,10 +86,42 @@ def read_annotation(path: str | Path) -> tuple[pd.Series, str]:
     spot_col, label_col = df.columns[0], df.columns[1]
     ids = df[spot_col].astype(str)
     dup = ids.duplicated()
+    conflicts = None
     if dup.any():
         logger.warning("%s: %d duplicated spot id(s) dropped (first label kept)", path, int(dup.sum()))
+        stripped = df[label_col].astype("string").str.strip().fillna("")  # as the labels kept below
+        conflicts = _conflicts(ids, stripped.astype(str))
+        if conflicts is not None:
+            show = ", ".join(
+                f"{s!r}: {k!r} kept, {d!r} dropped (line {ln})"
+                for s, k, d, ln in list(zip(conflicts["spot"], conflicts["kept"], conflicts["dropped"],
+                                            conflicts["line"], strict=True))[:3]
+            )
+            logger.warning(
+                "%s: %d spot(s) have conflicting labels, the first label is kept: %s%s "
+                "(recorded in uns['stimage']['annotation']['conflicts'])",
+                path, conflicts["n"], show, ", ..." if len(conflicts["spot"]) > 3 else "",
+            )
     # spaces around a label (a spreadsheet's padding) are not part of it; blank is missing
     labels = pd.Series(df[label_col].to_numpy(), index=pd.Index(ids, name="spot"), dtype="string").str.strip()
     labels = labels.mask(labels == "")
     labels = labels[~dup.to_numpy()]
-    return labels, str(label_col)
+    return labels, str(label_col), conflicts
+
+
+def _conflicts(ids: pd.Series, labels: pd.Series) -> dict | None:
+    first = labels.groupby(ids.to_numpy(), sort=False).transform("first")
+    bad = ids.duplicated().to_numpy() & (labels.to_numpy() != first.to_numpy())
+    if not bad.any():
+        return None
+    rows = pd.DataFrame({"spot": ids[bad], "kept": first[bad], "dropped": labels[bad],
+                         "line": ids.index[bad] + 2}).drop_duplicates(["spot", "dropped"])
+    n = int(rows["spot"].nunique())
+    rows = rows.iloc[:MAX_CONFLICTS_RECORDED]
+    return {
+        "n": n,
+        "spot": rows["spot"].tolist(),
+        "kept": rows["kept"].tolist(),
+        "dropped": rows["dropped"].tolist(),
+        "line": [int(v) for v in rows["line"]],
+    }

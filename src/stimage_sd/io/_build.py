@@ -26,7 +26,7 @@ from .._constants import (
 from .._logging import logger
 from .._utils import sha256_file
 from ..errors import FormatError
-from ._annotation import read_annotation
+from ._annotation import _read_annotation
 from ._coords import read_coords
 from ._counts import read_counts
 from ._image import DEFAULT_MAX_PIXELS, read_image
@@ -101,6 +101,7 @@ def build_sdata(
     shape: str | None = None,
     counts_path: str = "counts",
     annotation_path: str | None = None,
+    annotation_conflicts: dict[str, Any] | None = None,
     image_compression: str | None = DEFAULT_COMPRESSION,
 ) -> Any:
     """Assemble the SpatialData object of one slide from parsed parts.
@@ -135,6 +136,10 @@ def build_sdata(
         ``"circle"`` or ``"square"``; ``None``: the technology's default.
     counts_path, annotation_path
         Names of the count and annotation files, used in messages and the provenance.
+    annotation_conflicts
+        Spots the annotation file gives two different labels (columns ``spot``, ``kept``,
+        ``dropped``, ``line`` and the count ``n``, as read by :func:`read_slide`); recorded
+        in ``uns["stimage"]["annotation"]["conflicts"]``.
     image_compression
         Codec of the image when written (see :func:`read_slide`).
 
@@ -221,6 +226,8 @@ def build_sdata(
             "n_labeled": n_matched,
             "n_unmatched_ids": n_unknown,
         }
+        if annotation_conflicts:
+            anno_info["conflicts"] = annotation_conflicts
         if n_matched == 0:
             logger.warning(
                 "%s: annotation file %s matches none of the slide's spots (wrong slide?); ignored",
@@ -457,9 +464,9 @@ def read_slide(
     metadata = _metadata_row(root, slide)
     coords = read_coords(files.coord)
     counts = read_counts(files.counts, workers=count_workers, checksum=checksums, progress=progress)
-    labels = label_column = None
+    labels = label_column = conflicts = None
     if files.annotation is not None:
-        labels, label_column = read_annotation(files.annotation)
+        labels, label_column, conflicts = _read_annotation(files.annotation)
     img = read_image(files.image, max_pixels=max_pixels, chunks=IMAGE_CHUNK) if image else None
     provenance = {}
     for part, p in {**files.required(), **({"annotation": files.annotation} if files.annotation else {})}.items():
@@ -480,5 +487,6 @@ def read_slide(
         shape=shape,
         counts_path=str(files.counts),
         annotation_path=str(files.annotation.relative_to(root)) if files.annotation else None,
+        annotation_conflicts=conflicts,
         image_compression=image_compression,
     )

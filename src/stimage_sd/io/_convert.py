@@ -9,7 +9,13 @@ from .._logging import logger
 from ._build import read_slide
 from ._layout import validate_slide_id
 from ._store import write
-from ._transaction import cleanup_partial, is_complete, journaled_siblings, recover_store
+from ._transaction import (
+    cleanup_partial,
+    is_complete,
+    journaled_siblings,
+    recover_store,
+    store_lock,
+)
 
 __all__ = ["convert_slide", "store_path"]
 
@@ -54,6 +60,7 @@ def convert_slide(
     out_dir: str | Path,
     *,
     overwrite: bool = False,
+    lock_timeout: float | None = 600.0,
     **kwargs: Any,
 ) -> Path:
     """Convert one slide into ``<out_dir>/<slide>.zarr``.
@@ -72,6 +79,10 @@ def convert_slide(
         Output folder (created if needed).
     overwrite
         Re-convert and replace an existing complete store.
+    lock_timeout
+        Seconds to wait while another live run (e.g. ``stimage-sd analyze``) holds the
+        store's lock (``.<slide>.zarr.lock``); then :class:`~stimage_sd.errors.LockedError`
+        naming that run. ``None`` waits as long as it runs.
     **kwargs
         Passed to :func:`stimage_sd.io.read_slide` (``tech``, ``shape``, ``max_pixels``,
         ``checksums``, ``progress``, ...).
@@ -89,13 +100,16 @@ def convert_slide(
     >>> st = ssd.io.convert_slide(root, "Human_Breast_Synth_10142021_ST_A1", "stores", checksums=False)
     """
     dest = store_path(out_dir, slide)
-    if not overwrite:
-        finish_table_swap(dest)
-    cleanup_partial(dest)
-    if is_complete(dest) and not overwrite:
-        logger.info("%s: already converted (%s); skipped", slide, dest)
-        return dest
-    sdata = read_slide(root, slide, **kwargs)
-    write(sdata, dest, overwrite=True)
+    # one writer per store: an analysis writing it back makes this wait (or, after
+    # lock_timeout, refuse naming it) instead of deleting its temporary table
+    with store_lock(dest, "convert", timeout=lock_timeout):
+        if not overwrite:
+            finish_table_swap(dest)
+        cleanup_partial(dest)
+        if is_complete(dest) and not overwrite:
+            logger.info("%s: already converted (%s); skipped", slide, dest)
+            return dest
+        sdata = read_slide(root, slide, **kwargs)
+        write(sdata, dest, overwrite=True)
     logger.info("%s: written to %s", slide, dest)
     return dest

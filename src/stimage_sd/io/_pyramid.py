@@ -35,6 +35,7 @@ import dask.array as da
 import numpy as np
 
 from .._logging import logger, progress_bar
+from ._checksums import LevelDigest
 
 __all__ = [
     "COMPRESSIONS",
@@ -209,14 +210,16 @@ def _codecs(compression: str | None) -> list[Any]:
 
 
 class _Counting:
-    """Zarr array wrapper that reports each stored block to a progress callback."""
+    """Zarr array wrapper that reports each stored block to a progress callback and a digest."""
 
-    def __init__(self, arr: Any, advance: Callable[[int], Any]):
-        self.arr, self.advance = arr, advance
+    def __init__(self, arr: Any, advance: Callable[[int], Any], digest: Any = None):
+        self.arr, self.advance, self.digest = arr, advance, digest
         self.shape, self.dtype = arr.shape, arr.dtype
 
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
         self.arr[key] = value
+        if self.digest is not None:
+            self.digest.add(key, value)
         self.advance(1)
 
 
@@ -249,7 +252,7 @@ def write_multiscale_image(
     chunk: int | None = None,
     compression: str | bool | None = True,
     progress: bool | None = None,
-) -> None:
+) -> dict[str, dict[str, Any]]:
     """Write a multiscale image into ``<store>/images/<name>``, level by level.
 
     Level 0 is computed from the image's ``scale0`` (lazy) data chunk by chunk; every
@@ -275,6 +278,11 @@ def write_multiscale_image(
         :func:`multiscale_image`, else :data:`DEFAULT_COMPRESSION`.
     progress
         Show a progress bar (``None``: the global setting).
+
+    Returns
+    -------
+    The content checksums of the levels, ``{"s0": {"sha256": ..., "chunks": n}, ...}``,
+    computed from the chunks while they are written (see :mod:`stimage_sd.io._checksums`).
     """
     import zarr
     from ome_zarr.writer import write_multiscales_metadata
@@ -329,6 +337,7 @@ def write_multiscale_image(
             )
             for k, shape in enumerate(shapes)
         ]
+        digests = [LevelDigest(shape, (c, chunk, chunk)) for shape in shapes]
         # pass 1: level 0 from the source, level 1 from level 0's chunks while they are
         # in memory; pass k: level k from level k - 1 read back from the store
         src = data.rechunk((c, chunk, chunk))
@@ -336,7 +345,7 @@ def write_multiscale_image(
         if n_levels:
             sources.append(downsample(src, chunk))
         while k < len(shapes):
-            targets = [_Counting(arrays[k + i], advance) for i in range(len(sources))]
+            targets = [_Counting(arrays[k + i], advance, digests[k + i]) for i in range(len(sources))]
             for i, s in enumerate(sources):
                 assert s.shape == shapes[k + i], (s.shape, shapes[k + i])
             da.store(sources, targets, lock=False, scheduler=_local_scheduler())
@@ -360,3 +369,4 @@ def write_multiscale_image(
     attrs = dict(group.attrs.get("spatialdata_attrs", {}))
     attrs["version"] = raster_fmt.spatialdata_format_version
     group.attrs["spatialdata_attrs"] = attrs
+    return {f"s{k}": d.record() for k, d in enumerate(digests)}

@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING
 
 from .._constants import UNS_KEY
 from ..errors import IncompleteStoreError, StimageError
-from ._transaction import MARKER, atomic_path, consolidate, is_complete, set_marker
+from ._checksums import CHECKSUM_KEY, SCHEME, table_record
+from ._transaction import (
+    MARKER,
+    _update_root_attrs,
+    atomic_path,
+    consolidate,
+    is_complete,
+    set_marker,
+    store_lock,
+)
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -18,7 +27,10 @@ __all__ = ["read", "write"]
 def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write a SpatialData object atomically, with a completion marker written last.
 
-    The store is written to a temporary sibling (``.<name>.tmp-<id>``); the completion
+    The store is written to a temporary sibling (``.<name>.tmp-<id>``); content checksums
+    of the raw counts of each table and of every level of the converter's images are
+    recorded in ``attrs["stimage"]["checksums"]`` (:mod:`stimage_sd.io._checksums`), which
+    :func:`~stimage_sd.io.validate` checks; the completion
     marker (``attrs["stimage"]["complete"]``) is set after every element is on disk;
     then the folder is renamed into place. A reader therefore never sees a half-written
     store under ``path``, and a store without the marker is never taken as a result.
@@ -45,6 +57,9 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
     ------
     StimageError
         If ``path`` exists and ``overwrite`` is not set.
+    LockedError
+        If another live run holds the store's lock
+        (:func:`stimage_sd.io._transaction.store_lock`).
 
     Examples
     --------
@@ -55,28 +70,39 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
     >>> path = ssd.io.write(sdata, "stores/GSE000001_GSM0000001_analysed.zarr", overwrite=True)
     """
     path = Path(path)
+    with store_lock(path, "write"):
+        return _write(sdata, path, overwrite)
+
+
+def _write(sdata: SpatialData, path: Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise StimageError(f"{path} already exists (use overwrite=True to replace it)")
     attrs = dict(sdata.attrs.get(UNS_KEY, {}))
     attrs[MARKER] = False
     sdata.attrs[UNS_KEY] = attrs
     with atomic_path(path) as tmp:  # an existing store is swapped out through a trash sibling
-        _write_elements(sdata, tmp)
+        record = _write_elements(sdata, tmp)
+        _update_root_attrs(tmp, {CHECKSUM_KEY: record})
         set_marker(tmp, True)
     sdata.attrs[UNS_KEY][MARKER] = True
     return path
 
 
-def _write_elements(sdata: SpatialData, tmp: Path) -> None:
-    """Write every element into the new store ``tmp``; chunked pyramids level by level."""
+def _write_elements(sdata: SpatialData, tmp: Path) -> dict:
+    """Write every element into the new store ``tmp``; chunked pyramids level by level.
+
+    Returns the content checksums of what was written (:mod:`stimage_sd.io._checksums`).
+    """
     import spatialdata as sd
 
     from ._pyramid import is_chunked_pyramid, write_multiscale_image
 
+    record: dict = {"scheme": SCHEME, "tables": {}, "images": {}}
     chunked = {k: v for k, v in sdata.images.items() if is_chunked_pyramid(v)}
     if not chunked:
         sdata.write(tmp, overwrite=False)
-        return
+        _record_tables(record, sdata, tmp)
+        return record
     rest = sd.SpatialData(
         images={k: v for k, v in sdata.images.items() if k not in chunked},
         labels=dict(sdata.labels),
@@ -87,8 +113,17 @@ def _write_elements(sdata: SpatialData, tmp: Path) -> None:
     )
     rest.write(tmp, overwrite=False, consolidate_metadata=False)
     for name, image in chunked.items():
-        write_multiscale_image(tmp, name, image)
+        record["images"][name] = write_multiscale_image(tmp, name, image)
     consolidate(tmp)
+    _record_tables(record, sdata, tmp)
+    return record
+
+
+def _record_tables(record: dict, sdata: SpatialData, store: Path) -> None:
+    for key, table in sdata.tables.items():
+        entry = table_record(table, store / "tables" / key)
+        if entry is not None:
+            record["tables"][key] = entry
 
 
 def read(

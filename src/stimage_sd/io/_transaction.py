@@ -52,14 +52,32 @@ on every store before reading. Interrupted writes leave siblings named like thos
 :func:`stimage_sd.io.write` (``.<name>.tmp-*``, ``.<name>.trash-*``), which
 :func:`cleanup_partial` and :func:`recover_store` remove.
 
-One writer per store at a time is assumed (no lock).
+Store lock
+----------
+Every operation that writes a store — conversion (:func:`stimage_sd.io.convert_slide`,
+:func:`stimage_sd.io.write`), the table swap (:func:`replace_table`, :func:`recover_store`)
+and a whole analysis (:func:`stimage_sd.workflows.analyze_store`: read, analyse, write back)
+— holds the store's lock, the file ``.<slide>.zarr.lock`` next to the store
+(:func:`store_lock`). It is created exclusively (``O_CREAT | O_EXCL``) and holds the
+holder's host, pid, process start time, operation and command line. A lock is stale when
+its holder ran on this host and its pid is gone or now belongs to another process (a
+different start time: the pid was reused); a stale lock is taken over. A live holder makes
+the next writer wait (``timeout``) or refuse with :class:`~stimage_sd.errors.LockedError`
+naming the other run and the lock file. A lock held on another host cannot be checked: it is
+never taken over (the message says to delete the file if that run is gone). The locks are
+re-entrant within a process. Clean-up of temporary siblings skips stores locked by a live
+run (:func:`cleanup_partial`), so a conversion never deletes the temporary table of a
+running analysis.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -70,13 +88,15 @@ from typing import Any
 
 from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logger
-from ..errors import IncompleteStoreError, StimageError
+from ..errors import IncompleteStoreError, LockedError, StimageError
+from ._checksums import CHECKSUM_KEY, SCHEME, table_record
 
 __all__ = [
     "MARKER",
     "PENDING_KEY",
     "TMP_TAG",
     "TRASH_TAG",
+    "WRITE_BACK_OPERATIONS",
     "atomic_path",
     "atomic_write",
     "atomic_write_json",
@@ -84,11 +104,15 @@ __all__ = [
     "consolidate",
     "is_complete",
     "journaled_siblings",
+    "lock_holder",
+    "lock_path",
     "recover_store",
+    "remove_stale_lock",
     "replace_table",
     "set_marker",
     "sibling_stem",
     "store_attrs",
+    "store_lock",
     "temp_sibling",
 ]
 
@@ -319,12 +343,19 @@ def cleanup_partial(path: str | Path) -> list[Path]:
     """Remove temporary siblings left next to ``path`` by interrupted writes.
 
     Siblings named in an unfinished table swap's journal are kept (they are needed to
-    recover the store). Returns the paths removed.
+    recover the store), and nothing is removed while another live run holds the store's
+    lock (:func:`store_lock`). Returns the paths removed.
     """
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
         return removed
+    holder = lock_holder(path)
+    if holder is not None:  # another live run is writing this store: its siblings are not debris
+        logger.info("%s: partial writes kept: %s", path.name, _describe(holder, lock_path(path)))
+        return removed
+    if remove_stale_lock(path):
+        removed.append(lock_path(path))
     keep = journaled_siblings(path)
     for tag in (TMP_TAG, TRASH_TAG):
         for p in path.parent.glob(f".{glob_escape(sibling_stem(path))}{tag}*"):
@@ -399,6 +430,11 @@ def recover_store(path: str | Path) -> str:
     path = Path(path)
     if not path.is_dir():
         raise StimageError(f"{path}: no such store")
+    with store_lock(path, "recover"):
+        return _recover(path)
+
+
+def _recover(path: Path) -> str:
     meta = store_attrs(path)
     pending = meta.get(PENDING_KEY)
     if not pending:
@@ -412,17 +448,21 @@ def recover_store(path: str | Path) -> str:
     trash = path.parent / pending["trash"]
     new = tmp / "tables" / table_key
     outcome = "finished"
+    swapped = not new.is_dir()  # the new table left the sibling: it is the element now
     if not element.exists():
         if new.is_dir():
             os.replace(new, element)
-            outcome = "rolled_forward"
+            outcome, swapped = "rolled_forward", True
         elif trash.is_dir():
             os.replace(trash, element)
             outcome = "rolled_back"
         else:
             raise IncompleteStoreError(f"{path}: table {table_key!r} is missing and cannot be recovered")
     consolidate(path)
-    _update_root_attrs(path, {MARKER: True, PENDING_KEY: None})
+    changes: dict[str, Any] = {MARKER: True, PENDING_KEY: None}
+    if outcome != "rolled_back" and swapped and isinstance(pending.get("checksums"), dict):
+        changes[CHECKSUM_KEY] = pending["checksums"]  # the new table is in place
+    _update_root_attrs(path, changes)
     shutil.rmtree(trash, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     _remove_stale_table_siblings(path)
@@ -449,6 +489,11 @@ def replace_table(path: str | Path, table: Any, *, table_key: str = TABLE_KEY) -
     -------
     ``path``.
 
+    Raises
+    ------
+    LockedError
+        If another live run holds the store's lock (:func:`store_lock`).
+
     Examples
     --------
     >>> import stimage_sd as ssd
@@ -458,9 +503,14 @@ def replace_table(path: str | Path, table: Any, *, table_key: str = TABLE_KEY) -
     >>> ssd.pp.qc(table)
     >>> path = ssd.io.replace_table(store, table)
     """
+    path = Path(path)
+    with store_lock(path, "replace_table"):
+        return _replace_table(path, table, table_key)
+
+
+def _replace_table(path: Path, table: Any, table_key: str) -> Path:
     from .. import __version__
 
-    path = Path(path)
     if store_attrs(path).get(PENDING_KEY):
         recover_store(path)
     if not is_complete(path):
@@ -473,11 +523,20 @@ def replace_table(path: str | Path, table: Any, *, table_key: str = TABLE_KEY) -
     element = path / "tables" / table_key
     try:
         _write_table_store(table, tmp, table_key)  # 1
+        entry = table_record(table, tmp / "tables" / table_key)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
         journal = {"table": table_key, "tmp": tmp.name, "trash": trash.name}
+        checksums = dict(store_attrs(path).get(CHECKSUM_KEY) or {})
+        tables = dict(checksums.get("tables") or {})
+        if entry is None:
+            tables.pop(table_key, None)
+        else:
+            tables[table_key] = entry
+        checksums.update({"scheme": checksums.get("scheme", SCHEME), "tables": tables})
+        journal["checksums"] = checksums  # recover_store records them when it rolls forward
         _update_root_attrs(path, {MARKER: False, PENDING_KEY: journal})  # 2
         if element.exists():  # 3
             os.replace(element, trash)
@@ -488,6 +547,7 @@ def replace_table(path: str | Path, table: Any, *, table_key: str = TABLE_KEY) -
             {
                 MARKER: True,
                 PENDING_KEY: None,
+                CHECKSUM_KEY: checksums,
                 "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "table_replaced_by": f"stimage_sd {__version__}",
             },
@@ -502,3 +562,242 @@ def replace_table(path: str | Path, table: Any, *, table_key: str = TABLE_KEY) -
             shutil.rmtree(trash, ignore_errors=True)
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+# --------------------------------------------------------------------------- locks
+
+#: Suffix of a store's lock file: ``.<slide>.zarr.lock``.
+LOCK_SUFFIX = ".lock"
+#: Lock operations that write into a complete store (its table), rather than convert it.
+WRITE_BACK_OPERATIONS = frozenset({"analyze", "replace_table", "recover"})
+#: A lock file that is still empty this long after its creation is the debris of a crash.
+_EMPTY_LOCK_GRACE_S = 10.0
+_held: dict[str, int] = {}  # lock paths held by this process -> depth (re-entrancy)
+_held_guard = threading.Lock()
+
+
+def lock_path(store: str | Path) -> Path:
+    """The lock file of a store: ``.<name>.lock`` next to it."""
+    store = Path(store)
+    return store.with_name(f".{sibling_stem(store)}{LOCK_SUFFIX}")
+
+
+def _process_start(pid: int) -> float | None:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its parent
+            return None
+        return float(proc.create_time())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:  # alive, owned by someone else
+        return -1.0
+
+
+def _me(operation: str) -> dict[str, Any]:
+    import socket
+    import sys
+
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "process_started": _process_start(os.getpid()),
+        "operation": operation,
+        "command": " ".join(sys.argv)[:300],
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "token": uuid.uuid4().hex,
+    }
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    """The lock's record; ``{}`` if unreadable or empty; ``None`` if there is no lock."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        rec = json.loads(text)
+    except ValueError:
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def _is_live(rec: dict[str, Any], path: Path) -> bool:
+    """Whether the run that wrote ``rec`` may still be running."""
+    import socket
+
+    if not rec:  # created but not yet written, or written by a crash: live for a moment
+        try:
+            return time.time() - path.stat().st_mtime < _EMPTY_LOCK_GRACE_S
+        except OSError:
+            return False
+    pid, host = rec.get("pid"), rec.get("host")
+    if host != socket.gethostname():
+        return True  # cannot be checked from here
+    if not isinstance(pid, int):
+        return False
+    started = _process_start(pid)
+    if started is None:
+        return False  # no such process
+    recorded = rec.get("process_started")
+    if started >= 0 and isinstance(recorded, int | float) and abs(started - float(recorded)) > 1.0:
+        return False  # the pid now belongs to another process
+    return True
+
+
+def _describe(rec: dict[str, Any], path: Path) -> str:
+    if not rec:
+        return f"a run that is starting (lock file {path})"
+    what = rec.get("operation", "a run")
+    cmd = f" `{rec['command']}`" if rec.get("command") else ""
+    return (f"{what}{cmd} (pid {rec.get('pid')} on {rec.get('host')}, started {rec.get('started_at')}; "
+            f"lock file {path})")
+
+
+def lock_holder(store: str | Path) -> dict[str, Any] | None:
+    """The record of the live run holding ``store``'s lock, or ``None`` (no lock, stale, or this process)."""
+    path = lock_path(store)
+    rec = _read_lock(path)
+    if rec is None or str(path) in _held:
+        return None
+    return rec if _is_live(rec, path) else None
+
+
+def remove_stale_lock(store: str | Path) -> bool:
+    """Remove the lock file of ``store`` if its holder is gone; return whether one was removed."""
+    path = lock_path(store)
+    rec = _read_lock(path)
+    if rec is None or str(path) in _held or _is_live(rec, path):
+        return False
+    _take_over(path, rec)
+    return True
+
+
+def _take_over(path: Path, stale: dict[str, Any]) -> None:
+    """Remove a stale lock, unless another run replaced it meanwhile."""
+    aside = path.with_name(f"{path.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    moved = _read_lock(aside) or {}
+    if stale and moved.get("token") != stale.get("token"):  # a fresh lock: put it back
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+    aside.unlink(missing_ok=True)
+
+
+@contextmanager
+def file_lock(path: str | Path, operation: str, *, timeout: float | None = 0, what: str = "") -> Iterator[Path]:
+    """Hold the lock file ``path`` (see the module documentation), re-entrant in a process.
+
+    Parameters
+    ----------
+    path
+        The lock file.
+    operation
+        What the holder does (``"convert"``, ``"analyze"``, ...), shown to a waiting run.
+    timeout
+        Seconds to wait for a live holder; ``0``: refuse at once; ``None``: wait forever.
+    what
+        What is locked, for messages (default: the lock file's folder).
+
+    Raises
+    ------
+    LockedError
+        If a live run holds the lock after ``timeout``.
+    """
+    path = Path(path)
+    key = str(path)
+    with _held_guard:
+        if key in _held:
+            _held[key] += 1
+            reentrant = True
+        else:
+            reentrant = False
+    if reentrant:
+        try:
+            yield path
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    me = _me(operation)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    announced = False
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            other = _read_lock(path)
+            if other is None:
+                continue  # released meanwhile
+            if not _is_live(other, path):
+                logger.warning("taking over the stale lock %s of %s", path, _describe(other, path))
+                _take_over(path, other)
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                hint = "" if other.get("host") in (None, me["host"]) else (
+                    "; if that run is no longer running, delete the lock file and start again")
+                raise LockedError(f"{what or path.parent}: {_describe(other, path)} is writing it; "
+                                  f"{operation} refused{hint}") from None
+            if not announced:
+                logger.warning("%s: waiting for %s", what or path.parent, _describe(other, path))
+                announced = True
+            time.sleep(0.2)
+            continue
+        try:
+            from .._utils import naming_path
+
+            with naming_path(path), os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(me, fh)
+        except BaseException:  # e.g. a full disk: leave no empty lock behind
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        break
+    with _held_guard:
+        _held[key] = 1
+    try:
+        yield path
+    finally:
+        with _held_guard:
+            _held.pop(key, None)
+        with contextlib.suppress(OSError):
+            if (_read_lock(path) or {}).get("token") == me["token"]:
+                path.unlink()
+
+
+@contextmanager
+def store_lock(store: str | Path, operation: str, *, timeout: float | None = 0) -> Iterator[Path]:
+    """Hold ``store``'s lock (``.<name>.lock``) while writing it; see the module documentation.
+
+    Parameters
+    ----------
+    store
+        The ``.zarr`` store (need not exist; its folder is created).
+    operation
+        ``"convert"``, ``"analyze"``, ``"write"``, ``"replace_table"``, ``"recover"``.
+    timeout
+        Seconds to wait for another live writer (``0``: refuse at once, ``None``: wait).
+
+    Raises
+    ------
+    LockedError
+        If another live run holds the lock after ``timeout``; the message names that run
+        and the lock file.
+
+    Examples
+    --------
+    >>> from stimage_sd.io._transaction import store_lock
+    >>> with store_lock("stores/a.zarr", "convert"):
+    ...     pass
+    """
+    store = Path(store)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(lock_path(store), operation, timeout=timeout, what=str(store)) as p:
+        yield p

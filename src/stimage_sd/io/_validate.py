@@ -135,6 +135,13 @@ def validate(
 
     Checks on the store alone:
 
+    - **structure** (first, from the Zarr arrays, before any native code reads them): every
+      sparse matrix of every table has an ``indptr`` that starts at 0, never decreases and
+      ends at the number of values, indices inside the matrix (strictly increasing within
+      each row of the raw counts), and no missing chunk file;
+    - **checksums** (``checksums=True``): the content checksums recorded when the store was
+      written (:mod:`stimage_sd.io._checksums`): raw counts of each table, every image
+      level (read one chunk at a time), chunk files present;
     - **marker**: the completion marker ``attrs["stimage"]["complete"]`` is set;
     - **elements**: image ``"he"`` (when the slide was converted with its image), shapes
       ``"spots"`` and table ``"table"`` exist and pass the SpatialData model validation;
@@ -166,6 +173,8 @@ def validate(
     - **genes**: ``var["gene_name"]`` equals the count file's header, in order;
     - **counts**: per-spot count totals, per-gene totals and every cell equal the count file
       (streamed with :func:`~stimage_sd.io.read_counts`); centres equal the coordinate file.
+    - **pixels**: level 0 of the image equals the source image, and every further level the
+      2x2 mean of the level below, chunk by chunk (differing chunks are named).
 
     Parameters
     ----------
@@ -176,8 +185,8 @@ def validate(
     source
         Dataset root in the release layout, to compare with.
     checksums
-        With ``source``, compare SHA-256 checksums of the release files (sizes are always
-        compared).
+        Check the content checksums recorded in the store and, with ``source``, the SHA-256
+        of the release files (sizes are always compared).
     progress
         Progress bar while streaming the count file (``None``: the global setting).
     storage_options
@@ -217,6 +226,12 @@ def validate(
 
     import spatialdata as sd
 
+    # structure first, from the Zarr arrays themselves: native code (scipy) must never see
+    # a CSR matrix whose indices point outside it
+    damaged: set[str] = set()
+    if not remote:  # (a store at a URL: structure, checksums and pixels are checked locally only)
+        with _guard(report, "structure"):
+            damaged = _check_structure(report, path)
     try:
         sdata = read_remote(str(path), check=False, storage_options=storage_options) if remote else sd.read_zarr(path)
     except Exception as e:
@@ -240,7 +255,7 @@ def validate(
             report.add("elements", f"no image {IMAGE_KEY!r} although the slide was converted with one")
     report.slide = str(meta.get("slide", attrs.get("slide"))) if (meta or attrs) else None
 
-    if table is not None:
+    if table is not None and TABLE_KEY not in damaged:
         with _guard(report, "table"):
             _check_table(report, table, meta)
         with _guard(report, "scale"):
@@ -258,10 +273,17 @@ def validate(
             _check_image(report, image, meta)
     with _guard(report, "coordinates"):
         _check_coordinates(report, {k: v for k, v in ((IMAGE_KEY, image), (SHAPES_KEY, shapes)) if v is not None}, meta)
+    if checksums and not remote:
+        with _guard(report, "checksums"):
+            _check_checksums(report, path, attrs, sdata, damaged)
 
     if source is not None and table is not None:
         with _guard(report, "source"):
-            _check_source(report, Path(source), table, meta, checksums=checksums, progress=progress)
+            _check_source(report, Path(source), table, meta, checksums=checksums, progress=progress,
+                          damaged=TABLE_KEY in damaged)
+        if image is not None and "image_shape" in meta and not remote:
+            with _guard(report, "pixels"):
+                _check_pixels(report, Path(source), path, meta, progress=progress)
     logger.debug("validated %s: %d problem(s)", path, len(report.problems))
     return report
 
@@ -536,7 +558,8 @@ def _check_coordinates(report: ValidationReport, elements: dict[str, Any], meta:
 
 
 def _check_source(
-    report: ValidationReport, root: Path, table: Any, meta: dict, *, checksums: bool, progress: bool | None
+    report: ValidationReport, root: Path, table: Any, meta: dict, *, checksums: bool, progress: bool | None,
+    damaged: bool = False,
 ) -> None:
     import scipy.sparse as sp
 
@@ -604,6 +627,10 @@ def _check_source(
         return
 
     report.checks.append("counts")
+    if damaged:
+        report.add("counts", "counts not compared with the count file: the stored count matrix is damaged "
+                   "(see the structure problems)")
+        return
     common = got[got.isin(count_ids)]
     if not len(common):
         return
@@ -646,6 +673,267 @@ def _check_source(
         if off.any():
             spots = common[off]
             report.add("counts", f"centres differ from the coordinate file for spot(s) {_listing(list(spots), int(off.sum()))}")
+
+
+# --------------------------------------------------------------------------- structure, checksums, pixels
+
+#: Sparse encodings of AnnData (``encoding-type``) and the axis their ``indptr`` runs over.
+_SPARSE = {"csr_matrix": 0, "csc_matrix": 1}
+_TABLE_PARTS = ("X", "raw/X", "layers", "obsp", "varp", "obsm", "varm")
+
+
+def _zattrs(node: Path) -> dict:
+    import json
+
+    try:
+        meta = json.loads((node / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _sparse_groups(table_dir: Path) -> list[str]:
+    """Relative paths of the sparse matrices of an AnnData element (``X``, ``layers/counts``, ...)."""
+    out = []
+    for part in _TABLE_PARTS:
+        node = table_dir / part
+        if part in ("X", "raw/X"):
+            candidates = [node]
+        else:
+            candidates = sorted(q for q in node.iterdir() if q.is_dir()) if node.is_dir() else []
+        for q in candidates:
+            if _zattrs(q).get("attributes", {}).get("encoding-type") in _SPARSE:
+                out.append(str(q.relative_to(table_dir)))
+    return out
+
+
+def _chunk_keys(idx: list[tuple[int, ...]]) -> str:
+    return _listing(["/".join(map(str, i)) for i in idx], len(idx))
+
+
+def structure_problems(path: str | Path) -> list[str]:
+    """The structure problems of a store's tables (see :func:`validate`); empty when sound.
+
+    Cheap (reads the sparse arrays once, no native code on them): workflows run it before
+    handing a store's matrices to scanpy or scipy.
+    """
+    report = ValidationReport(path=Path(path))
+    _check_structure(report, Path(path))
+    return [p.message for p in report.problems]
+
+
+def _check_structure(report: ValidationReport, path: Path) -> set[str]:
+    """Check every sparse matrix of every table from its Zarr arrays; return the damaged tables.
+
+    Runs before anything hands the arrays to native code: ``indptr`` starts at 0, never
+    decreases and ends at the number of stored values; ``indices`` lie in the minor
+    dimension (and, for the raw counts, increase strictly within a row, as the converter
+    writes them); no chunk file of ``data``, ``indices`` or ``indptr`` is missing (Zarr
+    reads a missing chunk back as zeros, and a CSR matrix never stores an all-zero chunk).
+    """
+    tables = path / "tables"
+    damaged: set[str] = set()
+    if not tables.is_dir():
+        return damaged
+    for tdir in sorted(q for q in tables.iterdir() if q.is_dir() and not q.name.startswith(".")):
+        raw = "layers/counts" if (tdir / "layers" / "counts").is_dir() else "X"
+        for sub in _sparse_groups(tdir):
+            problems = _csr_problems(tdir / sub, sorted_rows=sub == raw)
+            for msg in problems:
+                report.add("structure", f"table {tdir.name!r} {sub}: {msg}")
+            if problems:
+                damaged.add(tdir.name)
+    return damaged
+
+
+def _csr_problems(node: Path, *, sorted_rows: bool) -> list[str]:
+    import itertools
+
+    import zarr
+
+    from ._checksums import chunk_grid, stored_chunks
+
+    attrs = _zattrs(node).get("attributes", {})
+    axis = _SPARSE[attrs["encoding-type"]]
+    try:
+        shape = [int(v) for v in attrs["shape"]]
+        n_major, n_minor = shape[axis], shape[1 - axis]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return [f"shape attribute {attrs.get('shape')!r} is not two integers"]
+    problems: list[str] = []
+    arrays: dict[str, np.ndarray] = {}
+    for part in ("data", "indices", "indptr"):
+        adir = node / part
+        if not (adir / "zarr.json").is_file():
+            problems.append(f"array {part!r} is missing")
+            continue
+        try:
+            arr = zarr.open_array(str(adir), mode="r")
+        except Exception as e:
+            problems.append(f"array {part!r} cannot be opened: {type(e).__name__}: {e}")
+            continue
+        found = stored_chunks(adir)
+        if found is not None and arr.size:
+            grid = chunk_grid(arr.shape, arr.chunks)
+            absent = sorted(set(itertools.product(*(range(n) for n in grid))) - found)
+            if absent:
+                problems.append(f"{len(absent)} of {int(np.prod(grid))} chunk file(s) of {part!r} missing on disk "
+                                f"(chunk {_chunk_keys(absent)}); Zarr would read them back as zeros")
+        try:
+            arrays[part] = np.asarray(arr[...])
+        except Exception as e:
+            problems.append(f"array {part!r} cannot be decoded: {type(e).__name__}: {e}")
+    if len(arrays) < 3:
+        return problems
+    data, indices, indptr = arrays["data"], arrays["indices"], arrays["indptr"]
+    if indptr.ndim != 1 or indices.ndim != 1 or data.ndim != 1:
+        return [*problems, "data, indices and indptr must be one-dimensional"]
+    if not np.issubdtype(indptr.dtype, np.integer) or not np.issubdtype(indices.dtype, np.integer):
+        return [*problems, f"indptr/indices have dtypes {indptr.dtype}/{indices.dtype}, expected integers"]
+    if len(indptr) != n_major + 1:
+        return [*problems, f"indptr has {len(indptr)} entries, expected {n_major + 1} (shape {shape})"]
+    if len(indices) != len(data):
+        problems.append(f"{len(indices)} indices but {len(data)} values")
+    ip = indptr.astype(np.int64)
+    if ip[0] != 0:
+        problems.append(f"indptr starts at {ip[0]}, expected 0")
+    dec = np.flatnonzero(np.diff(ip) < 0)
+    if dec.size:
+        problems.append(f"indptr decreases at {dec.size} row(s) (first: row {int(dec[0])})")
+    if ip[-1] != len(indices):
+        problems.append(f"indptr ends at {ip[-1]}, but {len(indices)} values are stored")
+    if indices.size:
+        bad = (indices < 0) | (indices >= n_minor)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            problems.append(f"{int(bad.sum())} index(es) outside 0..{n_minor - 1} (first: {int(indices[i])} at "
+                            f"position {i})")
+        elif sorted_rows and not dec.size and ip[0] == 0 and ip[-1] == len(indices):
+            step = np.diff(indices.astype(np.int64)) > 0
+            starts = ip[1:-1]
+            starts = starts[(starts > 0) & (starts < len(indices))]
+            step[starts - 1] = True  # a new row may start anywhere
+            if not step.all():
+                pos = int(np.flatnonzero(~step)[0]) + 1
+                row = int(np.searchsorted(ip, pos, side="right")) - 1
+                problems.append(f"indices are not strictly increasing within row {row} (position {pos}): "
+                                "duplicated or unsorted entries")
+    return problems
+
+
+def _check_checksums(report: ValidationReport, path: Path, attrs: dict, sdata: Any, damaged: set[str]) -> None:
+    """Compare the content checksums recorded at conversion (:mod:`stimage_sd.io._checksums`)."""
+    import itertools
+
+    import zarr
+
+    from .._logging import progress_bar
+    from ._checksums import (
+        CHECKSUM_KEY,
+        SCHEME,
+        chunk_grid,
+        csr_digest,
+        level_digest,
+        stored_chunks,
+    )
+
+    rec = attrs.get(CHECKSUM_KEY)
+    if rec is None:
+        logger.info("%s: no content checksums recorded (converted before stimage_sd recorded them)", path)
+        return
+    if not isinstance(rec, dict) or rec.get("scheme") != SCHEME:
+        report.add("checksums", f"unknown checksum record (scheme {rec.get('scheme') if isinstance(rec, dict) else rec!r})")
+        return
+    for key, entry in (rec.get("tables") or {}).items():
+        table = sdata.tables.get(key)
+        if table is None:
+            report.add("checksums", f"table {key!r} has recorded checksums but is missing")
+            continue
+        loc = "layers/counts" if "counts" in table.layers else "X"
+        if loc != entry.get("location"):
+            report.add("checksums", f"table {key!r}: raw counts are in {loc}, recorded in {entry.get('location')}")
+            continue
+        if key in damaged:
+            continue  # the structure problems say what is wrong
+        for part, n in (entry.get("chunks") or {}).items():
+            found = stored_chunks(path / "tables" / key / loc / part)
+            if found is not None and len(found) < int(n):
+                report.add("checksums", f"table {key!r} {loc}/{part}: {int(n) - len(found)} chunk file(s) missing "
+                           f"(written {n}, found {len(found)})")
+        X = table.layers["counts"] if loc != "X" else table.X
+        if csr_digest(X) != entry.get("digest"):
+            report.add("checksums", f"table {key!r}: raw counts ({loc}) differ from those written "
+                       "(checksum of the decoded matrix; changed bytes on disk?)")
+    for name, levels in (rec.get("images") or {}).items():
+        for level, entry in sorted((levels or {}).items()):
+            adir = path / "images" / name / level
+            try:
+                arr = zarr.open_array(str(adir), mode="r")
+            except Exception as e:
+                report.add("checksums", f"image {name!r} level {level}: cannot be opened: {type(e).__name__}: {e}")
+                continue
+            found = stored_chunks(adir)
+            if found is not None and len(found) < int(entry.get("chunks", 0)):
+                grid = chunk_grid(arr.shape, arr.chunks)
+                absent = sorted(set(itertools.product(*(range(n) for n in grid))) - found)
+                report.add("checksums", f"image {name!r} level {level}: {int(entry['chunks']) - len(found)} chunk "
+                           f"file(s) missing (written {entry['chunks']}, found {len(found)}; absent: chunk "
+                           f"{_chunk_keys([i[1:] for i in absent])} — absent chunks read back as black)")
+            n = int(np.prod(chunk_grid(arr.shape, arr.chunks)))
+            with progress_bar(f"checksums {name}/{level}", n) as advance:
+                digest, broken = level_digest(arr, advance=advance)
+            if broken:
+                report.add("checksums", f"image {name!r} level {level}: {len(broken)} chunk(s) cannot be decoded "
+                           f"(chunk {_chunk_keys([i[1:] for i in broken])})")
+            elif digest != entry.get("digest"):
+                report.add("checksums", f"image {name!r} level {level}: pixels differ from those written "
+                           "(checksums of the decoded chunks; changed or missing chunk files)")
+
+
+def _check_pixels(report: ValidationReport, root: Path, path: Path, meta: dict, *, progress: bool | None) -> None:
+    """Compare the image with the source, chunk by chunk (a few chunks in memory).
+
+    Level 0 must equal the source image; every further level the documented 2x2 mean of the
+    level below.
+    """
+    import dask.array as da
+    import zarr
+
+    from ._image import DEFAULT_MAX_PIXELS, read_image
+    from ._layout import find_slide
+    from ._pyramid import _local_scheduler, downsample
+
+    files = find_slide(root, str(meta.get("slide")), str(meta.get("tech")) if meta.get("tech") else None)
+    group = path / "images" / IMAGE_KEY
+    levels = sorted((q for q in group.iterdir() if q.is_dir() and q.name[:1] == "s" and q.name[1:].isdigit()),
+                    key=lambda q: int(q.name[1:]))
+    if not levels:
+        report.add("pixels", f"image {IMAGE_KEY!r} has no level arrays")
+        return
+    arrays = [zarr.open_array(str(q), mode="r") for q in levels]
+    chunks = tuple(arrays[0].chunks)
+    src = read_image(files.image, max_pixels=DEFAULT_MAX_PIXELS, chunks=chunks[-1])
+    if tuple(src.shape) != tuple(arrays[0].shape):
+        report.add("pixels", f"the source image {files.image} is {tuple(src.shape)}, level 0 {tuple(arrays[0].shape)}")
+        return
+    for k, arr in enumerate(arrays):
+        stored = da.from_zarr(arr, chunks=arr.chunks)
+        if k == 0:
+            expected, what = src.rechunk(arr.chunks), f"the source image {files.image}"
+        else:
+            prev = da.from_zarr(arrays[k - 1], chunks=arrays[k - 1].chunks)
+            expected, what = downsample(prev, arr.chunks[-1]).rechunk(arr.chunks), f"the 2x2 mean of level {k - 1}"
+        if tuple(expected.shape) != tuple(arr.shape):
+            report.add("pixels", f"level {k} is {tuple(arr.shape)}, expected {tuple(expected.shape)}")
+            continue
+        diff = (stored != expected).any(axis=0)
+        per_chunk = diff.map_blocks(lambda b: np.array([[int(b.sum())]]), chunks=tuple((1,) * len(c) for c in diff.chunks),
+                                    dtype=np.int64)
+        counts = np.asarray(per_chunk.compute(scheduler=_local_scheduler()))
+        if counts.any():
+            bad = [tuple(int(v) for v in i) for i in np.argwhere(counts)]
+            report.add("pixels", f"level {k}: {int(counts.sum())} pixel(s) differ from {what}, in {len(bad)} chunk(s) "
+                       f"(chunk {_chunk_keys(bad)})")
 
 
 def _num(v: float) -> str:

@@ -19,6 +19,37 @@ __all__ = ["ANALYSIS_KEY", "run_pipeline"]
 #: ``uns`` key recording the pipeline's parameters (:attr:`Key.uns.analysis`).
 ANALYSIS_KEY = Key.uns.analysis
 
+# --- preconditions of the steps (issue 15) -------------------------------------------------
+#: Fewest spots for highly variable genes, the spatial graph, domains and spatially variable
+#: genes: below it these steps are skipped (recorded in ``uns["stimage_analysis"]["skipped"]``)
+#: instead of failing in scikit-learn or crashing in native code (1-2 spots crashed the
+#: seurat_v3 HVG loess).
+MIN_SPOTS = 10
+#: Fewest genes detected (non-zero somewhere) for those steps.
+MIN_GENES = 2
+
+
+def _preconditions(adata: Any, n_domains: int | None) -> dict[str, str]:
+    """Steps that cannot run on this table, with the reason (empty when all can)."""
+    import numpy as np
+
+    n_spots = int(adata.n_obs)
+    from .._utils import raw_counts
+
+    counts = raw_counts(adata)
+    n_genes = int((np.asarray((counts != 0).sum(axis=0)).ravel() > 0).sum()) if n_spots else 0
+    reason = None
+    if n_spots < MIN_SPOTS:
+        reason = f"{n_spots} spot(s), fewer than the {MIN_SPOTS} needed"
+    elif n_genes < MIN_GENES:
+        reason = f"{n_genes} gene(s) detected, fewer than the {MIN_GENES} needed"
+    elif n_domains is not None and int(n_domains) > n_spots:
+        reason = f"{n_domains} domains requested for {n_spots} spots"
+    if reason is None:
+        return {}
+    return {"hvg": reason, "spatial_graph": reason, "domains": reason, "svg": reason, "score_domains": reason}
+# -------------------------------------------------------------------------------------------
+
 
 def run_pipeline(
     data: AnnData | SpatialData,
@@ -72,7 +103,10 @@ def run_pipeline(
     -------
     A summary: ``slide``, ``tech``, ``n_spots``, ``n_genes``, ``n_flagged``,
     ``n_domains``, ``ari`` and ``nmi`` (``None`` without annotation), ``top_svg`` (10
-    genes) and ``seconds`` per step. The parameters are stored in
+    genes), ``skipped`` (step -> reason: with fewer than :data:`MIN_SPOTS` spots, fewer
+    than :data:`MIN_GENES` detected genes or more domains than spots, highly variable
+    genes, the spatial graph, domains, spatially variable genes and scoring are skipped, and
+    recorded in ``uns["stimage_analysis"]["skipped"]``) and ``seconds`` per step. The parameters are stored in
     ``uns["stimage_analysis"]``.
 
     Examples
@@ -111,19 +145,31 @@ def run_pipeline(
         step("filter", filter_flagged, data, table_key=table_key)
         n_removed = n_before - get_table(data, table_key).n_obs
     adata = get_table(data, table_key)
-    step("normalize", normalize, adata, method=normalize_method, n_top_genes=n_top_genes)
-    step("spatial_graph", spatial_graph, adata)
-    step(
-        "domains", domains, adata, n_domains,
-        resolution=resolution, spatial_weight=spatial_weight, n_hops=n_hops, seed=seed,
-    )
-    step("svg", svg, adata, genes=svg_genes, seed=seed)
-    scores = step("score", score_domains, adata)
+    skipped = _preconditions(adata, n_domains)  # issue 15: skip, with the reason, never crash
+    if skipped and Key.obs.domain in adata.obs:  # no stale domains of an earlier run
+        del adata.obs[Key.obs.domain]
+    step("normalize", normalize, adata, method=normalize_method,
+         n_top_genes=None if "hvg" in skipped else n_top_genes)
+    if "spatial_graph" not in skipped:
+        step("spatial_graph", spatial_graph, adata)
+        step(
+            "domains", domains, adata, n_domains,
+            resolution=resolution, spatial_weight=spatial_weight, n_hops=n_hops, seed=seed,
+        )
+        step("svg", svg, adata, genes=svg_genes, seed=seed)
+    scores = step("score", score_domains, adata) if "score_domains" not in skipped else None
+    if skipped:
+        from .._logging import logger
+
+        logger.warning("%s: %s skipped: %s", slide_info(adata).get("slide", "table"),
+                       ", ".join(skipped), next(iter(skipped.values())))
     info = slide_info(adata)
     adata.uns[ANALYSIS_KEY] = {
         "stimage_sd_version": __version__,
-        "steps": ["qc", *(["filter"] if filter_spots else []), "normalize", "spatial_graph", "domains", "svg",
+        "steps": ["qc", *(["filter"] if filter_spots else []), "normalize",
+                  *([] if skipped else ["spatial_graph", "domains", "svg"]),
                   *(["score_domains"] if scores else [])],
+        "skipped": dict(skipped),
         "n_domains": int(n_domains) if n_domains is not None else 0,
         "seed": int(seed),
         "normalize_method": normalize_method,
@@ -139,9 +185,10 @@ def run_pipeline(
         "n_genes": int(adata.n_vars),
         "n_flagged": int(adata.obs[Key.obs.qc_outlier].sum()) + int(n_removed or 0),
         "n_removed": int(n_removed or 0),
-        "n_domains": int(adata.obs[Key.obs.domain].cat.categories.size),
+        "n_domains": int(adata.obs[Key.obs.domain].cat.categories.size) if Key.obs.domain in adata.obs else 0,
         "ari": scores["ari"] if scores else None,
         "nmi": scores["nmi"] if scores else None,
-        "top_svg": top_svg(adata, 10),
+        "top_svg": top_svg(adata, 10) if "svg" not in skipped else [],
+        "skipped": dict(skipped),
         "seconds": seconds,
     }

@@ -13,8 +13,10 @@ from typing import Any
 
 from .._constants import TABLE_KEY
 from .._logging import logger
+from ..errors import StimageError
 from ..io._store import read
-from ..io._transaction import recover_store, replace_table
+from ..io._transaction import recover_store, replace_table, store_lock
+from ..io._validate import structure_problems
 from ..pl._qc import qc as plot_qc
 from ..pl._spatial import spatial
 from ..tl._pipeline import run_pipeline
@@ -29,6 +31,7 @@ def analyze_store(
     seed: int = 0,
     report_dir: str | Path | None = None,
     table_key: str = TABLE_KEY,
+    lock_timeout: float | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Analyse one converted store and write the results back into it.
@@ -49,6 +52,10 @@ def analyze_store(
         Folder for the figures (created if needed).
     table_key
         Table element.
+    lock_timeout
+        Seconds to wait while another run writes the store (its lock
+        ``.<slide>.zarr.lock``, see :func:`stimage_sd.io._transaction.store_lock`), then
+        :class:`~stimage_sd.errors.LockedError` naming it; ``None`` (default) waits.
 
     Returns
     -------
@@ -63,7 +70,22 @@ def analyze_store(
     >>> sdata = ssd.io.read(store)
     """
     path = Path(path)
+    # the whole read -> analyse -> write back holds the store's lock: a second analysis
+    # waits (the first one's result is not lost), a conversion does not touch the live
+    # temporary table
+    with store_lock(path, "analyze", timeout=lock_timeout):
+        return _analyze(path, n_domains=n_domains, seed=seed, report_dir=report_dir, table_key=table_key, **kwargs)
+
+
+def _analyze(
+    path: Path, *, n_domains: int | None, seed: int, report_dir: str | Path | None, table_key: str, **kwargs: Any
+) -> dict[str, Any]:
     recover_store(path)
+    damage = structure_problems(path)  # never hand a damaged matrix to native code
+    if damage:
+        raise StimageError(f"{path}: the store is damaged ({damage[0]}"
+                           f"{f'; and {len(damage) - 1} more' if len(damage) > 1 else ''}); "
+                           "run stimage-sd validate on it, then convert the slide again")
     sdata = read(path)
     t0 = time.perf_counter()
     summary = run_pipeline(sdata, n_domains=n_domains, seed=seed, table_key=table_key, **kwargs)
@@ -79,9 +101,10 @@ def analyze_store(
         report.mkdir(parents=True, exist_ok=True)
         stem = summary["slide"]
         t_fig = time.perf_counter()
-        out = report / f"{stem}_domains.png"
-        spatial(sdata, "domain", save=out, table_key=table_key, title=f"{stem}: spatial domains")
-        figures.append(str(out))
+        if "domains" not in summary.get("skipped", {}):
+            out = report / f"{stem}_domains.png"
+            spatial(sdata, "domain", save=out, table_key=table_key, title=f"{stem}: spatial domains")
+            figures.append(str(out))
         out = report / f"{stem}_qc.png"
         plot_qc(sdata, save=out, table_key=table_key)
         figures.append(str(out))
@@ -93,5 +116,6 @@ def analyze_store(
         summary["seconds"]["figures"] = round(time.perf_counter() - t_fig, 3)
     summary["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     summary["figures"] = figures
-    logger.info("%s: analysed (%d domains) in %.1fs", summary["slide"], summary["n_domains"], summary["seconds"]["total"])
+    logger.info("%s: analysed (%d domains%s) in %.1fs", summary["slide"], summary["n_domains"],
+                f"; skipped {', '.join(summary['skipped'])}" if summary.get("skipped") else "", summary["seconds"]["total"])
     return summary
