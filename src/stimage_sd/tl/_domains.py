@@ -361,18 +361,8 @@ def domains(
             used_resolution = resolution
         else:
             labels, used_resolution = _leiden_to_k(adata, int(n_domains), seed, nkey)
-    elif method == "kmeans":
-        from sklearn.cluster import KMeans
-
-        labels = KMeans(n_clusters=int(n_domains), n_init=10, random_state=seed).fit_predict(feats)
-    elif method == "gmm":
-        from sklearn.mixture import GaussianMixture
-
-        labels = GaussianMixture(
-            n_components=int(n_domains), covariance_type="tied", n_init=3, random_state=seed
-        ).fit_predict(feats)
     else:
-        raise ValueError(f"method must be 'leiden', 'kmeans' or 'gmm', got {method!r}")
+        labels = _cluster_points(feats, method, n_domains, seed)
     adata.obs[key_added] = _relabel_by_size(np.asarray(labels))
     found = int(adata.obs[key_added].cat.categories.size)
     params: dict[str, Any] = {
@@ -442,18 +432,23 @@ def cluster_features(
         else:
             labels, used = _leiden_to_k(tmp, int(n_domains), seed, nkey)
             info["resolution"] = float(used)
-    elif method == "kmeans":
-        from sklearn.cluster import KMeans
-
-        labels = KMeans(n_clusters=int(n_domains), n_init=10, random_state=seed).fit_predict(feats)
-    elif method == "gmm":
-        from sklearn.mixture import GaussianMixture
-
-        labels = GaussianMixture(
-            n_components=int(n_domains), covariance_type="tied", n_init=3, random_state=seed
-        ).fit_predict(feats)
     else:
-        raise ValueError(f"method must be 'leiden', 'kmeans' or 'gmm', got {method!r}")
+        labels = _cluster_points(feats, method, n_domains, seed)
     cats = _relabel_by_size(np.asarray(labels))
     info["n_domains"] = int(cats.categories.size)
     return cats, info
+
+
+def _cluster_points(feats: np.ndarray, method: str, n_domains: int | None, seed: int) -> np.ndarray:
+    """KMeans or a tied-covariance Gaussian mixture on the feature rows (Leiden is graph-based)."""
+    if method not in ("kmeans", "gmm"):
+        raise ValueError(f"method must be 'leiden', 'kmeans' or 'gmm', got {method!r}")
+    if n_domains is None:
+        raise ValueError(f"method={method!r} needs n_domains")
+    if method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        return KMeans(n_clusters=int(n_domains), n_init=10, random_state=seed).fit_predict(feats)
+    from sklearn.mixture import GaussianMixture
+
+    return GaussianMixture(n_components=int(n_domains), covariance_type="tied", n_init=3, random_state=seed).fit_predict(feats)
