@@ -44,7 +44,7 @@ def make_table(spec: SlideSpec):
     >>> import stimage_sd as ssd
     >>> spec = ssd.datasets.SlideSpec("Human_Brain_Synth_01012025_Visium_A1", "Visium", grid=(20, 20))
     >>> adata = ssd.datasets.make_table(spec)
-    >>> (adata.obs["domain"].astype(int) == ssd.datasets.slide_truth("root", spec).domains.to_numpy()).all()
+    >>> bool((adata.obs["domain"].astype(int) == ssd.datasets.slide_truth("root", spec).domains.to_numpy()).all())
     True
     """
     import anndata as ad

@@ -67,7 +67,7 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
     >>> root = ssd.datasets.sample("stimage_sample")
     >>> sdata = ssd.io.read_slide(root, "GSE000001_GSM0000001")
     >>> summary = ssd.tl.run_pipeline(sdata, n_domains=3)
-    >>> path = ssd.io.write(sdata, "stores/GSE000001_GSM0000001_analysed.zarr", overwrite=True)
+    >>> path = ssd.io.write(sdata, "analysed/GSE000001_GSM0000001.zarr", overwrite=True)
     """
     path = Path(path)
     with store_lock(path, "write"):
