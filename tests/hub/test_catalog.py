@@ -286,6 +286,7 @@ def test_read_metadata_allows_empty_counts(tmp_path):
     assert cat.summary()["spots"] == 0 and len(cat.filter(min_spots=1)) == 0
 
 
+@pytest.mark.slow
 def test_cli_convert_accepts_the_catalogue_filters(small_root, tmp_path):
     import spatialdata as sd
 

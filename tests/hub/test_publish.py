@@ -15,6 +15,8 @@ import pytest
 from stimage_sd.cli import main
 from stimage_sd.errors import StimageError
 
+pytestmark = pytest.mark.slow
+
 REPO = "me/stores"
 SLIDES = ("GSE000001_GSM0000001", "Human_Breast_Synth_10142021_ST_A1")
 

@@ -18,6 +18,8 @@ from stimage_sd.errors import StimageError
 from stimage_sd.hub import RESOLUTION_COLUMNS, Catalog
 from stimage_sd.io._layout import release_path
 
+pytestmark = pytest.mark.slow
+
 SLIDES = {
     "Human_Brain_Res_01012020_Visium_A": dict(tech="Visium", grid=(10, 10), um_per_px=0.5, image_format="png"),
     "Human_Brain_Res_01012020_Visium_B": dict(tech="Visium", grid=(8, 8), um_per_px=1.0, image_format="jpeg"),

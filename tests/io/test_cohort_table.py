@@ -21,6 +21,8 @@ from stimage_sd.cli import main
 from stimage_sd.errors import IncompleteStoreError, StimageError
 from stimage_sd.io._transaction import set_marker
 
+pytestmark = pytest.mark.slow
+
 
 def _store_by_gene(store) -> tuple[sparse.csr_matrix, list[str], sd.SpatialData]:
     """A store's counts with columns summed by gene name (the oracle of 'duplicates=sum')."""

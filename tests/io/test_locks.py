@@ -17,7 +17,7 @@ from stimage_sd.io import convert_slide, is_complete, read, validate
 from stimage_sd.io._transaction import lock_holder, lock_path, store_lock
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 _SLEEPER = "import time, sys; print('ready', flush=True); time.sleep(120)"
 

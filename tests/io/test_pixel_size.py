@@ -258,6 +258,7 @@ def _release(v: dict, root: Path, spots: pd.DataFrame, scale: str, slide: str = 
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", SCALES)
 def test_sparse_real_slide_converts_and_validates(visium, tmp_path, scale):
     from stimage_sd.cli import main
@@ -276,6 +277,7 @@ def test_sparse_real_slide_converts_and_validates(visium, tmp_path, scale):
     assert main(["--quiet", "validate", str(store)]) == 0
 
 
+@pytest.mark.slow
 def test_validate_flags_a_store_with_the_old_wrong_scale(visium, tmp_path, capsys):
     """A store whose micron system came from the nearest-neighbour median (6.08 vs 16.15 µm/px)."""
     import spatialdata as sd
@@ -314,6 +316,7 @@ def test_validate_flags_a_store_with_the_old_wrong_scale(visium, tmp_path, capsy
     assert not [p for p in ssd.io.validate(ok).problems if p.check == "scale"]
 
 
+@pytest.mark.slow
 def test_single_row_with_wrong_radius_converts_and_records_why(visium, tmp_path, caplog, stimage_logging):
     """Bad input: two estimates disagree and no lattice decides: converts, warns, the store says why."""
     caplog.set_level(logging.WARNING, logger="stimage_sd")

@@ -14,6 +14,8 @@ import pytest
 
 from stimage_sd.errors import IncompleteStoreError, StimageError
 
+pytestmark = pytest.mark.slow
+
 REPO = "me/stores"
 VISIUM = "GSE000001_GSM0000001"
 PLUS = "Mouse_Brain+Lung_Synth_01012025_Visium_2.5mm"

@@ -15,7 +15,7 @@ import zarr
 from stimage_sd.cli import main
 from stimage_sd.io import ValidationReport, validate
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ import zarr
 from stimage_sd.errors import StimageError
 from stimage_sd.ml import PatchDataset, embed, embed_array, encoder, export_patches, read_embeddings
 
+pytestmark = pytest.mark.slow
+
 ANNOTATED = "GSE000001_GSM0000001"
 ST = "Human_Breast_Synth_10142021_ST_A1"
 

@@ -18,6 +18,8 @@ import pytest
 from stimage_sd.errors import StimageError
 from stimage_sd.ml import fold_splits, linear_probe, predict_expression
 
+pytestmark = pytest.mark.slow
+
 
 def _annotated(n: int = 240, d: int = 12, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
     rng = np.random.default_rng(seed)

@@ -18,6 +18,8 @@ import pytest
 
 from stimage_sd.ml import PatchDataset, export_patches, targets
 
+pytestmark = pytest.mark.slow
+
 GEO = "GSE000001_GSM0000001"  # counts written as 0.0, 1.0 ... (pandas: float64)
 ST = "Human_Breast_Synth_10142021_ST_A1"  # integer counts (pandas: int64)
 MOUSE = "Mouse_Brain+Lung_Synth_01012025_Visium_2.5mm"

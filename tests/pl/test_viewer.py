@@ -22,7 +22,7 @@ import pytest
 
 from stimage_sd.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore:System theme detection:UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:System theme detection:UserWarning")]
 
 SLIDE = "GSE000001_GSM0000001"  # Visium, annotated, µm/px 2.5
 HD_SLIDE = "Mouse_Brain_Synth_03292024_VIsiumHD"

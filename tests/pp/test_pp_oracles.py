@@ -18,6 +18,8 @@ from scipy.stats import median_abs_deviation
 import stimage_sd as ssd
 from stimage_sd.errors import StimageError
 
+pytestmark = pytest.mark.slow
+
 SOURCES = ("ST", "Visium", "VisiumHD", "real")
 
 

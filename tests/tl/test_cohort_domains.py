@@ -20,6 +20,8 @@ import stimage_sd as ssd
 from stimage_sd.errors import StimageError
 from stimage_sd.tl._cohort import batch_centred_pca
 
+pytestmark = pytest.mark.slow
+
 matplotlib.use("Agg")
 
 N_DOMAINS = 4

@@ -15,6 +15,8 @@ from scipy.spatial import cKDTree
 
 import stimage_sd as ssd
 
+pytestmark = pytest.mark.slow
+
 SOURCES = ("ST", "Visium", "VisiumHD", "real")
 #: Neighbours of the technology's lattice.
 GRID_NEIGHS = {"ST": 4, "Visium": 6, "VisiumHD": 4}
