@@ -41,7 +41,7 @@ from ..errors import IncompleteStoreError, StimageError
 from ._ids import study_of
 from ._remote import is_url
 from ._remote import open_group as open_remote_group
-from ._transaction import MARKER, TRASH_TAG, atomic_path, temp_sibling
+from ._transaction import MARKER, atomic_path
 
 if TYPE_CHECKING:
     import zarr
@@ -662,10 +662,7 @@ def _assemble_on_disk(
             write_elem(group, "varm", {"measured": measured})
             write_elem(group, "uns", uns)
             zarr.consolidate_metadata(group.store)
-            if out.exists():  # overwrite: move the old cohort aside only once the new one is complete
-                trash = temp_sibling(out, TRASH_TAG)
-                out.rename(trash)
-                shutil.rmtree(trash, ignore_errors=True)
+        # (atomic_path swaps an existing cohort out through a trash sibling once the new one is complete)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
