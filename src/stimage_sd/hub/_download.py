@@ -605,7 +605,7 @@ def download(
     >>> plan = ssd.hub.download(["Human_Breast_Andersson_10142021_ST_A1"], "stimage_root")
     >>> cat = ssd.hub.Catalog.from_hub().filter(tech="Visium", tissue="brain", annotated=True)
     >>> plan = ssd.hub.download(cat, "stimage_root", parts="coord,counts", confirm=True)
-    >>> store = ssd.io.convert_slide("stimage_root", "Human_Breast_Andersson_10142021_ST_A1", "stores")
+    >>> store = ssd.io.convert_slide("stimage_root", "Human_Breast_Andersson_10142021_ST_A1", "my_stores")
     """
     root = Path(root).expanduser()
     endpoint = endpoint_url(endpoint)
