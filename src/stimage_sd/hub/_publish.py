@@ -21,6 +21,7 @@ from typing import Any
 from .. import __version__
 from .._logging import logger
 from ..errors import StimageError
+from ..io._store import resolve_stores
 from ._client import REPO_TYPE, endpoint_url, format_bytes, hub_errors
 
 __all__ = ["PublishPlan", "dataset_card", "publish"]
@@ -91,19 +92,6 @@ class PublishPlan:
         )
 
 
-def _stores(stores: str | Path | Iterable[str | Path]) -> list[Path]:
-    items = [stores] if isinstance(stores, str | Path) else list(stores)
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir() and p.suffix != ".zarr" and not (p / "zarr.json").exists():
-            children = sorted(c for c in p.iterdir() if c.suffix == ".zarr" and c.is_dir() and not c.name.startswith("."))
-            if not children:
-                raise StimageError(f"{p}: not a store and holds no <slide>.zarr stores")
-            out.extend(children)
-        else:
-            out.append(p)
-    return list(dict.fromkeys(out))
 
 
 def _entry(path: Path) -> tuple[str, dict[str, Any]]:
@@ -287,7 +275,7 @@ def publish(
     """
     from .._logging import progress_enabled
 
-    paths = _stores(stores)
+    paths = [Path(s) for s in resolve_stores(stores)]
     if not paths:
         raise StimageError("no store to publish")
     entries: dict[str, dict[str, Any]] = {}

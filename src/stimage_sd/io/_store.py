@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._constants import UNS_KEY
 from ..errors import IncompleteStoreError, StimageError
@@ -21,7 +22,7 @@ from ._transaction import (
 if TYPE_CHECKING:
     from spatialdata import SpatialData
 
-__all__ = ["read", "write"]
+__all__ = ["read", "resolve_stores", "write"]
 
 
 def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -185,3 +186,33 @@ def read(
             "convert the slide again"
         )
     return sd.read_zarr(path, selection=selection)
+
+
+def resolve_stores(stores: str | Path | Iterable[str | Path] | Mapping[Any, str | Path]) -> list[Path]:
+    """Store paths from a path, a folder of ``*.zarr`` stores, a list, or a ``{slide: path}`` dict.
+
+    Store URLs (``hf://``, ``s3://``, ``https://``...) are kept as strings. Duplicates are
+    removed, order is kept.
+    """
+    from ._remote import is_url
+
+    if isinstance(stores, Mapping):
+        items: list[Any] = list(stores.values())
+    elif isinstance(stores, str | Path):
+        items = [stores]
+    else:
+        items = list(stores)
+    out: list[Path] = []
+    for item in items:
+        if is_url(item):
+            out.append(str(item).rstrip("/"))
+            continue
+        p = Path(item)
+        if p.is_dir() and p.suffix != ".zarr" and not (p / "zarr.json").exists() and not (p / ".zgroup").exists():
+            children = sorted(c for c in p.iterdir() if c.suffix == ".zarr" and c.is_dir() and not c.name.startswith("."))
+            if not children:
+                raise StimageError(f"{p}: not a store and holds no <slide>.zarr stores")
+            out.extend(children)
+        else:
+            out.append(p)
+    return list(dict.fromkeys(out))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ import pandas as pd
 from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logger
 from ..errors import StimageError
+from ..io._store import resolve_stores
 from ._image import PatchGeometry, SlideImage
 
 __all__ = [
@@ -31,34 +32,6 @@ MODES = ("fixed", "native")
 TARGET_SUM = 1e4
 
 
-def resolve_stores(stores: str | Path | Iterable[str | Path] | Mapping[Any, str | Path]) -> list[Path]:
-    """Store paths from a path, a folder of ``*.zarr`` stores, a list, or a ``{slide: path}`` dict.
-
-    Store URLs (``hf://``, ``s3://``, ``https://``...) are kept as strings. Duplicates are
-    removed, order is kept.
-    """
-    from ..io._remote import is_url
-
-    if isinstance(stores, Mapping):
-        items: list[Any] = list(stores.values())
-    elif isinstance(stores, str | Path):
-        items = [stores]
-    else:
-        items = list(stores)
-    out: list[Path] = []
-    for item in items:
-        if is_url(item):
-            out.append(str(item).rstrip("/"))
-            continue
-        p = Path(item)
-        if p.is_dir() and p.suffix != ".zarr" and not (p / "zarr.json").exists() and not (p / ".zgroup").exists():
-            children = sorted(c for c in p.iterdir() if c.suffix == ".zarr" and c.is_dir() and not c.name.startswith("."))
-            if not children:
-                raise StimageError(f"{p}: not a store and holds no <slide>.zarr stores")
-            out.extend(children)
-        else:
-            out.append(p)
-    return list(dict.fromkeys(out))
 
 
 def slide_header(path: Path) -> dict[str, Any]:
