@@ -211,3 +211,16 @@ def cohort_stores(tmp_path_factory) -> dict:
     stores = [convert_slide(root, s.slide, out / ("study" if s.study else "other"), checksums=False) for s in specs]
     return {"study": stores[:3], "other": stores[3], "mouse": stores[4], "truths": truths}
 # ---- end: cohort stores ----
+
+
+# ---- skip on a bare machine, require in CI ----
+def in_ci() -> bool:
+    """Whether this run is CI (``CI`` set to 1/true/yes), where no test may skip for lack of software."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def require_in_ci(reason: str) -> None:
+    """Skip with ``reason`` (and how to get what is missing) on a bare machine; fail in CI."""
+    if in_ci():
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_in_ci
 from corpus import make_base
 from stimage_sd.batch import MANIFEST_NAME
 from stimage_sd.cli import main
@@ -36,21 +37,14 @@ def release(tmp_path_factory):
     return make_base(tmp_path_factory.mktemp("oserr") / "release")
 
 
-def _unavailable(reason: str) -> None:
-    """Skip where the system cannot make the condition real; in CI (root, Debian) it must run."""
-    if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
-        pytest.fail(f"CI must run this test: {reason}")
-    pytest.skip(reason)
-
-
 @contextlib.contextmanager
 def immutable(path: Path):
     """``path`` made read-only even for root (``chattr +i``), or skip."""
     if shutil.which("chattr") is None:
-        _unavailable("chattr is not available: cannot make a folder read-only for root (apt-get install e2fsprogs)")
+        require_in_ci("chattr is not available: cannot make a folder read-only for root (apt-get install e2fsprogs)")
     proc = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
-        _unavailable(f"chattr +i is not supported here ({proc.stderr.strip()}): cannot make a folder read-only for root")
+        require_in_ci(f"chattr +i is not supported here ({proc.stderr.strip()}): cannot make a folder read-only for root")
     try:
         yield path
     finally:
@@ -63,7 +57,7 @@ def tmpfs(path: Path, size: str):
     path.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
-        _unavailable(f"cannot mount a tmpfs to simulate a full disk ({proc.stderr.strip() or 'not root'})")
+        require_in_ci(f"cannot mount a tmpfs to simulate a full disk ({proc.stderr.strip() or 'not root'})")
     try:
         yield path
     finally:
@@ -145,7 +139,7 @@ def test_missing_output_folder_under_read_only_parent(release, tmp_path, capsys)
 @pytest.mark.parametrize("which", ["metadata", "counts"])
 def test_unreadable_input_file(which, release, tmp_path):
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        _unavailable("needs root and setpriv to run the command without root's permission override")
+        require_in_ci("needs root and setpriv to run the command without root's permission override")
     shutil.copytree(release.root, tmp_path / "release")
     out = tmp_path / "out"
     out.mkdir()

@@ -8,7 +8,6 @@ The timm/open_clip tests skip on a machine without those packages, except in CI
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import zarr
 
+from conftest import require_in_ci
 from stimage_sd.errors import StimageError
 from stimage_sd.ml import PatchDataset, embed, embed_array, encoder, export_patches, read_embeddings
 
@@ -30,9 +30,7 @@ def _need(module: str):
     try:
         return __import__(module)
     except ImportError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"{module} must be installed in CI ({e})")
-        pytest.skip(f"{module} is not installed ({e})")
+        require_in_ci(f"{module} is not installed ({e}); pip install 'stimage-sd[ml]'")
 
 
 @pytest.fixture(scope="module")

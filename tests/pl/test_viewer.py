@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import require_in_ci
 from stimage_sd.cli import main
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:System theme detection:UserWarning")]
@@ -106,10 +107,7 @@ def _start_xvfb() -> str:
 
 def _missing_system(reason: str) -> None:
     """Skip on a bare machine, fail in CI: the viewer test must run in CI."""
-    message = f"{reason}; {APT_HINT}"
-    if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
-        pytest.fail(f"CI must run the viewer test: {message}")
-    pytest.skip(message)
+    require_in_ci(f"{reason}; {APT_HINT}")
 
 
 @pytest.fixture(scope="session")
