@@ -40,7 +40,7 @@ fall back to 0.0.1; the code of the two wheels is identical)::
 Examples
 --------
 Full run (6 seeds, all layouts, peers included: the peers take 1-6 minutes per slide on
-2 busy cores, about an hour in all; ``--no-peers``: ~15 minutes)::
+2 busy cores, two hours or more in all; ``--no-peers``: ~5 minutes)::
 
     python benchmarks/bench_domains.py
 
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     # summary: mean over seeds
     print("\nMean ARI over seeds (NMI in brackets); checks: ours >= best baseline, ours >= best peer - 0.01;")
     print("± is the standard error of the paired per-seed difference, [w/n] the seeds where ours is ahead\n")
-    names = list(meth)
+    names = [m for m in meth if any(r[2] == m for r in rows)]  # the methods that ran
     print("| layout | " + " | ".join(names) + " | ours - best baseline | ours - best peer |")
     print("|---" * (len(names) + 3) + "|")
     ok = True
