@@ -115,7 +115,7 @@ def neighbourhood_features(z: np.ndarray, adjacency, n_hops: int, spatial_weight
     >>> from scipy import sparse
     >>> from stimage_sd.tl._domains import neighbourhood_features
     >>> z = np.random.default_rng(0).normal(size=(100, 5))
-    >>> ring = sparse.diags([1, 1], [1, -1], shape=(100, 100))
+    >>> ring = sparse.diags([1.0, 1.0], [1, -1], shape=(100, 100))
     >>> f = neighbourhood_features(z, ring, 2, 0.8)
     >>> round(float(f[:, 5:].var(axis=0).sum() / f.var(axis=0).sum()), 3)
     0.8
