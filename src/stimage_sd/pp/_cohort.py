@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Literal
 
 import numpy as np
@@ -194,7 +195,8 @@ def _scvi(adata, batch_key: str, *, key_added: str, n_latent: int, max_epochs: i
     from .._logging import progress_enabled
 
     try:
-        import scvi
+        # the distribution is scvi-tools (the scvi extra); its import name differs
+        scvi = importlib.import_module("scvi")
     except ImportError as err:  # the optional extra
         raise StimageError("method='scvi' needs scvi-tools: pip install 'stimage-sd[scvi]'") from err
     if Key.layers.counts not in adata.layers:
