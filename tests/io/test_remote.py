@@ -145,7 +145,10 @@ def test_one_patch_transfers_a_small_fraction(tmp_path, fake_hub):
 
 @pytest.mark.slow
 def test_one_gene_of_a_100k_bin_table(tmp_path, fake_hub):
-    """Reading the table only never touches shapes or image; X is CSR, so one gene costs the whole X."""
+    """Reading the table only never touches shapes or image; X is CSR, so one gene costs the whole X.
+
+    (The gene index is the cheap way: :func:`test_one_gene_through_the_gene_index`.)
+    """
     import anndata as ad
     import scipy.sparse as sp
     import spatialdata as sd
@@ -185,6 +188,48 @@ def test_one_gene_of_a_100k_bin_table(tmp_path, fake_hub):
     assert not [p for p in got if ("/images/" in p or "/shapes/" in p) and not p.endswith("zarr.json")]
     print(f"sizes {sizes}; fetched {fetched} B = {fetched / sizes['tables']:.2f} x the table")
     assert fetched < 1.25 * sizes["tables"] + 64 * 1024
+
+
+@pytest.mark.slow
+def test_one_gene_through_the_gene_index(hd_store, tmp_path, fake_hub):
+    """Open a 100k-bin HD store and read one gene for all bins: < 5 % of the store's bytes.
+
+    The store has no image (a converted HD slide's image would make the fraction far smaller):
+    table, shapes and gene index only. Both the densest gene and a median one, over ``hf://``
+    (HfFileSystem) and plain ``https://``-style URLs (fsspec's HTTPFileSystem); every byte the
+    fake Hub sends is counted (metadata, obs/var, listings included). Oracle: ``X[:, gene]`` of
+    :func:`spatialdata.read_zarr` on the local copy.
+    """
+    import spatialdata as sd
+
+    import stimage_sd as ssd
+
+    folder = tmp_path / "served"
+    store = folder / hd_store.name
+    shutil.copytree(hd_store, store)
+    total = _tree_bytes(store)
+    local = sd.read_zarr(store).tables["table"]
+    assert local.n_obs >= 100_000
+    per_gene = np.diff(local.X.tocsc().indptr)
+    dense, median = int(np.argmax(per_gene)), int(np.argsort(per_gene)[len(per_gene) // 2])
+    hub = fake_hub(folder, repo_id=REPO)
+    urls = (f"hf://datasets/{REPO}/{store.name}", _url(hub, store.name))
+    for j in (dense, median):
+        gene = str(local.var_names[j])
+        for url in urls:
+            hub.clear()
+            got = ssd.io.read_genes(url, gene)
+            fetched = hub.bytes_sent()
+            assert got.shape == (local.n_obs, 1) and got.obs.equals(local.obs)
+            assert (got.X != local.X[:, [j]]).nnz == 0
+            pulled = [p for p in hub.downloads() if "/tables/table/X/" in p or "/shapes/" in p]
+            assert not pulled, pulled  # opening does not pull the table's matrix
+            print(f"{url.split(':')[0]} gene {gene} ({per_gene[j]} bins): {fetched} B of {total} "
+                  f"= {fetched / total:.2%}")
+            assert fetched / total < 0.05
+    hub.clear()
+    ssd.io.read(urls[0], selection=("tables",))
+    print(f"whole table read instead: {hub.bytes_sent()} B = {hub.bytes_sent() / total:.1%} of the store")
 
 
 def _url(hub, path: str) -> str:
