@@ -144,8 +144,8 @@ def validate(
       written (:mod:`stimage_sd.io._checksums`): raw counts of each table, each gene index,
       every image level (read one chunk at a time), chunk files present;
     - **gene_index**: the gene index of each table (``gene_index/<table>``, when the store has
-      one; :func:`~stimage_sd.io.read_genes`) holds every spot and gene of the table, and its
-      counts equal the table's raw counts (compared gene block by gene block);
+      one; :func:`~stimage_sd.io.read_genes`) holds every spot and gene of the table and (with
+      ``checksums``) its counts equal the table's raw counts, compared gene block by gene block;
     - **marker**: the completion marker ``attrs["stimage"]["complete"]`` is set;
     - **elements**: image ``"he"`` (when the slide was converted with its image), shapes
       ``"spots"`` and table ``"table"`` exist and pass the SpatialData model validation;
@@ -190,8 +190,9 @@ def validate(
     source
         Dataset root in the release layout, to compare with.
     checksums
-        Check the content checksums recorded in the store and, with ``source``, the SHA-256
-        of the release files (sizes are always compared).
+        Check the content checksums recorded in the store, the gene index's counts against the
+        table's and, with ``source``, the SHA-256 of the release files (sizes are always
+        compared).
     progress
         Progress bar while streaming the count file (``None``: the global setting).
     storage_options
@@ -285,7 +286,7 @@ def validate(
         for key, tbl in sdata.tables.items():
             if (path / GENE_INDEX / key).is_dir() and key not in damaged and f"{GENE_INDEX}/{key}" not in damaged:
                 with _guard(report, "gene_index"):
-                    _check_gene_index(report, path / GENE_INDEX / key, tbl, key)
+                    _check_gene_index(report, path / GENE_INDEX / key, tbl, key, values=checksums)
 
     if source is not None and table is not None:
         with _guard(report, "source"):
@@ -931,8 +932,8 @@ def _check_checksums(report: ValidationReport, path: Path, attrs: dict, sdata: A
                            "(checksums of the decoded chunks; changed or missing chunk files)")
 
 
-def _check_gene_index(report: ValidationReport, index_dir: Path, table: Any, key: str) -> None:
-    """The gene index covers the table's spots and genes and holds the same raw counts.
+def _check_gene_index(report: ValidationReport, index_dir: Path, table: Any, key: str, *, values: bool) -> None:
+    """The gene index covers the table's spots and genes and (``values``) holds the same raw counts.
 
     Compared gene block by gene block (bounded memory), against the raw counts in memory.
     """
@@ -952,7 +953,7 @@ def _check_gene_index(report: ValidationReport, index_dir: Path, table: Any, key
     if (cols < 0).any():
         report.add("gene_index", f"{what}: {int((cols < 0).sum())} gene(s) of the table are not in it: "
                    f"{_listing(list(table.var_names[cols < 0]))}; read_genes reads the whole table")
-    if (rows < 0).any() or (cols < 0).any():
+    if (rows < 0).any() or (cols < 0).any() or not values:
         return
     R = raw_counts(table)
     if not sp.issparse(R):
