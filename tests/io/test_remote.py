@@ -143,6 +143,62 @@ def test_one_patch_transfers_a_small_fraction(tmp_path, fake_hub):
     assert (opened + fetched) / total < 0.05
 
 
+def _rendered_he_store(path: Path, side: int, chunk: int) -> Path:
+    """A store holding a generated H&E image of about ``side``² (tissue and white background, as
+    :func:`stimage_sd.datasets.make_slide` renders it), written by the converter's pyramid writer
+    (:func:`stimage_sd.io._pyramid.multiscale_image`, its codec) at ``chunk``² chunks."""
+    import dask.array as da
+    import spatialdata as sd
+
+    import stimage_sd as ssd
+    from stimage_sd.datasets import SlideSpec
+    from stimage_sd.datasets._geometry import build_layout
+    from stimage_sd.datasets._image import ImageRenderer
+    from stimage_sd.io._pyramid import multiscale_image
+
+    spec = SlideSpec("GSE000003_GSM0000030", "Visium", um_per_px=6650 / side)
+    renderer = ImageRenderer(spec, build_layout(spec))
+    h, w = renderer.height, renderer.width
+
+    def tile(block_info=None):
+        (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
+        return renderer.pixels(y0, x0, y1 - y0, x1 - x0)
+
+    rgb = da.map_blocks(tile, dtype=np.uint8, chunks=(da.core.normalize_chunks(chunk, (h,))[0],
+                                                       da.core.normalize_chunks(chunk, (w,))[0], (3,)))
+    image = multiscale_image(rgb.transpose(2, 0, 1), chunk=chunk)
+    return ssd.io.write(sd.SpatialData(images={"he": image}), path)
+
+
+@pytest.mark.slow
+def test_one_patch_of_a_rendered_slide_transfers_a_small_fraction(tmp_path, fake_hub):
+    """As above with realistic content: white background compresses to little, so tissue chunks
+    are larger than average. The 224 px patch sits on the largest level-0 chunk and spans 3 x 3
+    chunks of 128² (at the converter's 1024² chunks of a 20k² image it spans 1-4 of 400)."""
+    import stimage_sd as ssd
+
+    folder = tmp_path / "served"
+    store = _rendered_he_store(folder / "he.zarr", side=2560, chunk=128)
+    total = _tree_bytes(store)
+    level0 = store / "images" / "he" / "s0"
+    biggest = max((p for p in level0.rglob("*") if p.is_file() and p.name != "zarr.json"), key=lambda p: p.stat().st_size)
+    cy, cx = (int(v) for v in biggest.relative_to(level0).parts[-2:])
+    y0, x0 = cy * 128 + 100, cx * 128 + 100
+    hub = fake_hub(folder, repo_id=REPO)
+    sdata = ssd.io.read(f"hf://datasets/{REPO}/he.zarr")
+    opened = hub.bytes_sent()
+    hub.clear()
+    img = sdata.images["he"]["scale0"]["image"]
+    assert img.shape[1] >= 2500 and img.shape[2] >= 2500
+    patch = img[:, y0 : y0 + 224, x0 : x0 + 224].values
+    fetched = hub.bytes_sent()
+    local = np.asarray(ssd.io.read(store).images["he"]["scale0"]["image"][:, y0 : y0 + 224, x0 : x0 + 224])
+    np.testing.assert_array_equal(patch, local)
+    assert patch.shape == (3, 224, 224) and patch.std() > 10  # tissue, not background
+    print(f"store {total} B, open {opened} B ({opened / total:.2%}), patch {fetched} B ({fetched / total:.2%})")
+    assert (opened + fetched) / total < 0.05
+
+
 @pytest.mark.slow
 def test_one_gene_of_a_100k_bin_table(tmp_path, fake_hub):
     """Reading the table only never touches shapes or image; X is CSR, so one gene costs the whole X.
