@@ -184,7 +184,7 @@ def validate(
     ----------
     path
         A ``.zarr`` store written by :func:`~stimage_sd.io.convert_slide`, or its fsspec URL
-          (``hf://``, ``s3://``, ``https://``; the store checks read metadata, table, shapes and
+        (``hf://``, ``s3://``, ``https://``; the store checks read metadata, table, shapes and
         the smallest image level only: structure, checksums, gene index and pixels are
         checked on local stores).
     source
