@@ -224,3 +224,42 @@ def require_in_ci(reason: str) -> None:
     if in_ci():
         pytest.fail(f"CI must run this test: {reason}")
     pytest.skip(reason)
+
+
+# ---- begin: parallel runs (pytest-xdist: `-n auto --dist loadfile` in pyproject's addopts) ----
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per CPU this process may run on.
+
+    pytest-xdist's own count is psutil's *physical* cores, which is 1 on a 2-vCPU machine
+    whose vCPUs are hyper-threads of one core. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides.
+    """
+    from stimage_sd._utils import cpu_count
+
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else cpu_count()
+
+
+#: The costliest modules, costliest first (~seconds of one serial run on 2 busy cores).
+#: Modules are run in this order, then the others in collection order, so that with
+#: ``--dist loadfile`` no long module starts last and leaves the other workers idle.
+HEAVY_MODULES = (
+    "io/test_corpus.py",  # ~210 s
+    "io/test_crash.py",  # ~110-150 s
+    "batch/test_batch.py",  # ~90 s
+    "docs/test_doctests.py",  # ~75 s
+    "docs/test_notebooks.py",  # ~70 s
+    "io/test_validate.py",  # ~55 s
+    "ml/test_ml.py",  # ~40 s
+    "workflows/test_analyze_cli.py",  # ~37 s
+    "docs/test_docs.py",  # ~35 s
+    "tl/test_analysis.py",  # ~25-35 s
+    "io/test_locks.py",  # ~30 s
+    "io/test_cohort_table.py",  # ~25 s
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    tests = Path(__file__).resolve().parent
+    rank = {tests / name: i for i, name in enumerate(HEAVY_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable: same order within a module
+# ---- end: parallel runs ----
