@@ -7,7 +7,9 @@ reach the internet. Real release files are read from ``../shared/real-data`` whe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,24 +28,52 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+def once_per_run(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> Any:
+    """``build(folder)`` once per test run, its value shared by every pytest-xdist worker.
+
+    For session fixtures whose data is read-only: the first worker to take the lock builds
+    it in a folder beside the workers' own temporary folders and pickles the value; the
+    others wait for it and read the value back. Without workers, ``build(mktemp(name))``.
+    """
+    import fcntl
+    import pickle
+    import shutil
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    folder, value_file = root / f"shared-{name}", root / f"shared-{name}.pickle"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if value_file.exists():
+            return pickle.loads(value_file.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)  # left by a worker whose build failed
+        folder.mkdir()
+        value = build(folder)
+        value_file.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
-    """The built-in sample release (generated once per session; read-only for tests)."""
+    """The built-in sample release (generated once per run; read-only for tests)."""
     from stimage_sd import datasets
 
-    return datasets.sample(tmp_path_factory.mktemp("sample") / "release")
+    return once_per_run(tmp_path_factory, "sample", lambda folder: datasets.sample(folder / "release"))
 
 
 @pytest.fixture(scope="session")
 def sample_stores(sample_root, tmp_path_factory) -> dict[str, Path]:
-    """Every sample slide converted once per session: slide id -> store path (read-only)."""
+    """Every sample slide converted once per run: slide id -> store path (read-only)."""
     from stimage_sd.batch import convert_many
 
-    out = tmp_path_factory.mktemp("stores")
-    results = convert_many(sample_root, out, progress=False)
-    failed = [r for r in results if r.status == "failed"]
-    assert not failed, failed
-    return {r.slide: r.path for r in results}
+    def build(out: Path) -> dict[str, Path]:
+        results = convert_many(sample_root, out, progress=False)
+        failed = [r for r in results if r.status == "failed"]
+        assert not failed, failed
+        return {r.slide: r.path for r in results}
+
+    return once_per_run(tmp_path_factory, "stores", build)
 
 
 # ---- begin: fake Hugging Face Hub fixture (issue 5: catalogue & download; see tests/_hf_server.py) ----
@@ -103,13 +133,14 @@ def analysis_slides(tmp_path_factory) -> dict:
     from stimage_sd.datasets import SlideSpec, make_slide
     from stimage_sd.io import convert_slide
 
-    root = tmp_path_factory.mktemp("analysis_release")
-    out = tmp_path_factory.mktemp("analysis_stores")
-    slides = {}
-    for tech, kw in ANALYSIS_SPECS.items():
-        truth = make_slide(root, SlideSpec(**kw))
-        slides[tech] = (truth, convert_slide(root, kw["slide"], out, checksums=False))
-    return slides
+    def build(folder: Path) -> dict:
+        slides = {}
+        for tech, kw in ANALYSIS_SPECS.items():
+            truth = make_slide(folder / "release", SlideSpec(**kw))
+            slides[tech] = (truth, convert_slide(folder / "release", kw["slide"], folder / "stores", checksums=False))
+        return slides
+
+    return once_per_run(tmp_path_factory, "analysis", build)
 # ---- end: analysis slides ----
 
 
@@ -204,12 +235,14 @@ def cohort_stores(tmp_path_factory) -> dict:
     from stimage_sd.datasets import SlideSpec, make_release
     from stimage_sd.io import convert_slide
 
-    root = tmp_path_factory.mktemp("cohort_release")
-    out = tmp_path_factory.mktemp("cohort_stores")
-    specs = [SlideSpec(**kw) for kw in COHORT_SPECS + COHORT_OTHER]
-    truths = make_release(root, specs)
-    stores = [convert_slide(root, s.slide, out / ("study" if s.study else "other"), checksums=False) for s in specs]
-    return {"study": stores[:3], "other": stores[3], "mouse": stores[4], "truths": truths}
+    def build(folder: Path) -> dict:
+        root, out = folder / "release", folder / "stores"
+        specs = [SlideSpec(**kw) for kw in COHORT_SPECS + COHORT_OTHER]
+        truths = make_release(root, specs)
+        stores = [convert_slide(root, s.slide, out / ("study" if s.study else "other"), checksums=False) for s in specs]
+        return {"study": stores[:3], "other": stores[3], "mouse": stores[4], "truths": truths}
+
+    return once_per_run(tmp_path_factory, "cohort", build)
 # ---- end: cohort stores ----
 
 
@@ -266,3 +299,42 @@ def require_in_ci(reason: str) -> None:
     if in_ci():
         pytest.fail(f"CI must run this test: {reason}")
     pytest.skip(reason)
+
+
+# ---- begin: parallel runs (pytest-xdist: `-n auto --dist loadfile` in pyproject's addopts) ----
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per CPU this process may run on.
+
+    pytest-xdist's own count is psutil's *physical* cores, which is 1 on a 2-vCPU machine
+    whose vCPUs are hyper-threads of one core. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides.
+    """
+    from stimage_sd._utils import cpu_count
+
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else cpu_count()
+
+
+#: The costliest modules, costliest first (~seconds of one serial run on 2 busy cores).
+#: Modules are run in this order, then the others in collection order, so that with
+#: ``--dist loadfile`` no long module starts last and leaves the other workers idle.
+HEAVY_MODULES = (
+    "io/test_corpus.py",  # ~210 s
+    "io/test_crash.py",  # ~110-150 s
+    "batch/test_batch.py",  # ~90 s
+    "docs/test_doctests.py",  # ~75 s
+    "docs/test_notebooks.py",  # ~70 s
+    "io/test_validate.py",  # ~55 s
+    "ml/test_ml.py",  # ~40 s
+    "workflows/test_analyze_cli.py",  # ~37 s
+    "docs/test_docs.py",  # ~35 s
+    "tl/test_analysis.py",  # ~25-35 s
+    "io/test_locks.py",  # ~30 s
+    "io/test_cohort_table.py",  # ~25 s
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    tests = Path(__file__).resolve().parent
+    rank = {tests / name: i for i, name in enumerate(HEAVY_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable: same order within a module
+# ---- end: parallel runs ----

@@ -309,18 +309,60 @@ def test_store_library(name, corpus_base, corpus_store, tmp_path):
         assert _has(full, needle), (needle, full)
 
 
+def _report_sections(text: str) -> dict[str, str]:
+    """``stimage-sd validate`` output split per store: path -> its ``ok``/``invalid`` line and problems."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        for head in ("ok ", "invalid "):
+            if line.startswith(head):
+                path = line[len(head):].strip()
+                path = path.rsplit(": ", 1)[0] if head == "invalid " else path
+                current = sections.setdefault(path, [])
+                break
+        if current is not None:
+            current.append(line)
+    return {k: "\n".join(v) for k, v in sections.items()}
+
+
+@pytest.fixture(scope="module")
+def store_cli_runs(corpus_base, corpus_store, tmp_path_factory) -> dict:
+    """Every damaged store of :data:`VALIDATE_CASES` checked by one in-process ``stimage-sd
+    validate`` run, without and with ``--source`` (one worker process per run instead of
+    one per case and run): ``{"stores": {case: (path, StoreExpected)}, "runs": {extra: (exit, stdout, stderr)}}``."""
+    import contextlib
+    import io
+
+    base = tmp_path_factory.mktemp("store_cli")
+    stores = {name: _damaged(corpus_store, base / name, name) for name in VALIDATE_CASES}
+    runs = {}
+    log = logging.getLogger("stimage_sd")
+    saved = (list(log.handlers), log.level, log.propagate)
+    try:
+        for extra in ((), ("--source", str(corpus_base.root))):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(["--quiet", "validate", *(str(path) for path, _ in stores.values()), *extra])
+            runs[extra] = (code, out.getvalue(), err.getvalue())
+    finally:
+        log.handlers[:], log.level, log.propagate = saved
+    return {"stores": stores, "runs": runs}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", VALIDATE_CASES)
-def test_store_cli(name, corpus_base, corpus_store, tmp_path, capsys, stimage_logging):
-    store, exp = _damaged(corpus_store, tmp_path, name)
-    for extra in ([], ["--source", str(corpus_base.root)]):
-        code = main(["--quiet", "validate", str(store), *extra])
-        cap = capsys.readouterr()
-        text = _squash(cap.out + cap.err)
+def test_store_cli(name, store_cli_runs):
+    """The command line reports the damaged store invalid, with the documented problems."""
+    store, exp = store_cli_runs["stores"][name]
+    for extra, (code, out, err) in store_cli_runs["runs"].items():
+        text = out + err
         assert code == 1, text
         assert "Traceback" not in text
+        assert f"0 of {len(VALIDATE_CASES)} store(s) valid" in out, out
+        section = _report_sections(text).get(str(store))
+        assert section is not None and section.startswith(f"invalid {store}: "), (str(store), text)
         for needle in (*exp.problems, *(exp.source_problems if extra else ())):
-            assert _squash(needle) in text, (needle, text)
+            assert _squash(needle) in _squash(section), (needle, section)
 
 
 @pytest.mark.slow
