@@ -102,6 +102,9 @@ def _sharded_array(group: Any, name: str, n: int, dtype: Any) -> Any:
         shards={"shape": (shard,), "index_location": "start"},
         compressors=_codec(),
         fill_value=0,
+        # every chunk on disk, even all-zero ones (one spot: every row index is 0), so that
+        # a missing chunk always means damage (validate checks for missing chunks)
+        config={"write_empty_chunks": True},
     )
 
 
@@ -176,7 +179,8 @@ def write_gene_index(store: str | Path, table_key: str, counts: Any, obs_names: 
     per_gene = np.bincount(X.indices, minlength=g).astype(np.int64)
     indptr = np.concatenate([[0], np.cumsum(per_gene)]).astype(np.int64)
     nnz = int(indptr[-1])
-    root = zarr.open_group(str(store), mode="r+")
+    # not the consolidated metadata: it predates the index of a store's first table
+    root = zarr.open_group(str(store), mode="r+", use_consolidated=False)
     parent = root.require_group(GENE_INDEX)
     if table_key in parent:
         del parent[table_key]
@@ -201,7 +205,7 @@ def write_gene_index(store: str | Path, table_key: str, counts: Any, obs_names: 
     indices_w.close()
     data_w.close()
     ip = mx.create_array("indptr", shape=indptr.shape, dtype=np.int64, chunks=(max(1, min(1 << 16, indptr.size)),),
-                         compressors=_codec())
+                         compressors=_codec(), config={"write_empty_chunks": True})
     ip[...] = indptr
     spot_totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
     gene_totals = np.asarray(X.sum(axis=0), dtype=np.float64).ravel()
