@@ -39,8 +39,8 @@ fall back to 0.0.1; the code of the two wheels is identical)::
 
 Examples
 --------
-Full run (3 seeds, all layouts, peers included: the peers take 1-6 minutes per slide on
-2 busy cores, about an hour in all; ``--no-peers``: ~15 minutes)::
+Full run (6 seeds, all layouts, peers included: the peers take 1-6 minutes per slide on
+2 busy cores, two hours or more in all; ``--no-peers``: ~5 minutes)::
 
     python benchmarks/bench_domains.py
 
@@ -265,12 +265,25 @@ QUICK_PEER_LAYOUTS = ("layers_weak",)
 PEERS = ("banksy_l0.2_leiden", "banksy_l0.8_gmm", "cellcharter")
 
 
+def _paired(rows: list[tuple], layout: str, other: str | None) -> str:
+    """``mean ± SE [wins/seeds]`` of ours minus ``other`` over the seeds both ran."""
+    if other is None:
+        return "n/a"
+    a = {r[1]: r[3] for r in rows if r[0] == layout and r[2] == "ours"}
+    b = {r[1]: r[3] for r in rows if r[0] == layout and r[2] == other}
+    d = np.array([a[s] - b[s] for s in sorted(set(a) & set(b))])
+    if not len(d):
+        return "n/a"
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return f"{d.mean():+.3f} ± {se:.3f} [{int((d >= 0).sum())}/{len(d)}]"
+
+
 def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="1 seed, smaller slides")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per layout (default 3, quick 1; at most 3)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per layout (default 6, quick 1)")
     p.add_argument("--first-seed", type=int, default=0, help="first seed")
     p.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated layouts")
     p.add_argument("--methods", default=None, help="comma-separated subset of methods")
@@ -278,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-peers", action="store_true", help="with --quick: run the peers on layers_weak")
     args = p.parse_args(argv)
     logging.getLogger("stimage_sd").setLevel(logging.ERROR)
-    n_seeds = min(args.seeds or (1 if args.quick else 3), 3)
+    n_seeds = args.seeds or (1 if args.quick else 6)
     meth = methods(args.quick, peers=not args.no_peers)
     if args.methods:
         meth = {k: v for k, v in meth.items() if k in args.methods.split(",")}
@@ -298,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((name, seed, mname, ari, nmi))
                 print(f"| {name} | {seed} | {adata.n_obs} | {mname} | {ari:.3f} | {nmi:.3f} | {dt:.1f} |", flush=True)
     # summary: mean over seeds
-    print("\nMean ARI over seeds (NMI in brackets); checks: ours >= best baseline, ours >= best peer - 0.01\n")
-    names = list(meth)
+    print("\nMean ARI over seeds (NMI in brackets); checks: ours >= best baseline, ours >= best peer - 0.01;")
+    print("± is the standard error of the paired per-seed difference, [w/n] the seeds where ours is ahead\n")
+    names = [m for m in meth if any(r[2] == m for r in rows)]  # the methods that ran
     print("| layout | " + " | ".join(names) + " | ours - best baseline | ours - best peer |")
     print("|---" * (len(names) + 3) + "|")
     ok = True
@@ -315,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         d_base, d_peer = mean["ours"] - base, mean["ours"] - peer
         ok &= bool(d_base >= 0 or np.isnan(d_base)) and bool(d_peer >= -0.01 or np.isnan(d_peer))
         cells = " | ".join(f"{mean[m]:.3f} ({nmi[m]:.3f})" for m in names)
-        print(f"| {name} | {cells} | {d_base:+.3f} | {d_peer:+.3f} |")
+        best_base = next((m for m in BASELINES if m in mean and mean[m] == base), None)
+        best_peer = next((m for m in PEERS if m in mean and mean[m] == peer), None)
+        print(f"| {name} | {cells} | {_paired(rows, name, best_base)} | {_paired(rows, name, best_peer)} |")
     print(f"\nall checks pass: {ok}")
     return 0
 

@@ -246,6 +246,48 @@ def cohort_stores(tmp_path_factory) -> dict:
 # ---- end: cohort stores ----
 
 
+# ---- begin: a 100k-bin VisiumHD store (issue 16: gene index; tests/io/test_remote.py, test_gene_index.py) ----
+HD_SLIDE = "Mouse_Brain_Bins_03292024_VisiumHD"
+
+
+def make_hd_store(path: Path, *, grid=(317, 317), n_genes: int = 2000, gene_index: bool = True) -> Path:
+    """A converted VisiumHD store of ``grid`` bins without image, written by the converter's writer.
+
+    The counts come from :func:`stimage_sd.datasets.make_table` (the counts
+    :func:`~stimage_sd.datasets.make_slide` writes, without the CSV round trip), the store from
+    :func:`stimage_sd.io.build_sdata` and :func:`stimage_sd.io.write`, as ``convert_slide`` does.
+    """
+    import logging
+
+    import numpy as np
+    import pandas as pd
+
+    import stimage_sd as ssd
+    from stimage_sd.datasets import SlideSpec, make_table
+
+    spec = SlideSpec(HD_SLIDE, "VisiumHD", grid=grid, n_genes=n_genes, um_per_px=0.5, tissue_fraction=1.0)
+    t = make_table(spec)
+    xy = t.obsm["spatial"]
+    coords = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "r": t.uns["stimage"]["spot_radius_px"]}, index=t.obs_names)
+    counts = ssd.io.Counts(X=t.X.astype(np.int32), spot_ids=t.obs_names.to_numpy(dtype=object),
+                           genes=t.var["gene_name"].to_numpy(dtype=object))
+    log = logging.getLogger("stimage_sd")
+    level = log.level
+    log.setLevel(logging.ERROR)  # duplicated generated gene names are reported; not the point here
+    try:
+        sdata = ssd.io.build_sdata(slide=HD_SLIDE, tech="VisiumHD", coords=coords, counts=counts, image=None)
+    finally:
+        log.setLevel(level)
+    return ssd.io.write(sdata, path, gene_index=gene_index)
+
+
+@pytest.fixture(scope="session")
+def hd_store(tmp_path_factory) -> Path:
+    """A 100,489-bin x 2,000-gene VisiumHD store with its gene index (read-only: copy it to change it)."""
+    return make_hd_store(tmp_path_factory.mktemp("hd_bins") / f"{HD_SLIDE}.zarr")
+# ---- end: a 100k-bin VisiumHD store ----
+
+
 # ---- skip on a bare machine, require in CI ----
 def in_ci() -> bool:
     """Whether this run is CI (``CI`` set to 1/true/yes), where no test may skip for lack of software."""

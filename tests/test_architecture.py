@@ -38,7 +38,7 @@ SHARED = {"_constants", "errors", "_logging", "_utils", "_compat", "_deprecation
 #: import name -> distribution name, where they differ
 DIST = {"sklearn": "scikit-learn", "PIL": "pillow", "ome_zarr": "ome-zarr", "google_crc32c": "google-crc32c",
         "skmisc": "scikit-misc", "yaml": "pyyaml", "skimage": "scikit-image", "huggingface_hub": "huggingface-hub",
-        "open_clip": "open-clip-torch"}
+        "open_clip": "open-clip-torch", "scvi": "scvi-tools"}
 
 
 def _modules() -> dict[str, tuple[Path, ast.Module]]:

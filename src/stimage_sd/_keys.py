@@ -92,6 +92,8 @@ class Key:
 
         #: Spot centres in image pixels (converter; squidpy's convention).
         spatial = "spatial"
+        #: scVI latent space (:func:`stimage_sd.pp.integrate`, ``method="scvi"``; scvi-tools' name).
+        scvi = "X_scVI"
 
         @staticmethod
         def domain_pca(key: str) -> str:
@@ -154,6 +156,8 @@ class Key:
         analysis = "stimage_analysis"
         #: :func:`stimage_sd.pp.integrate` parameters (Harmony).
         harmony = "harmony"
+        #: Parameters and training summary of :func:`stimage_sd.pp.integrate` with ``method="scvi"``.
+        scvi = "scvi"
         #: Default ``key_added`` of :func:`stimage_sd.tl.svg` (squidpy's own key).
         moranI = "moranI"
 

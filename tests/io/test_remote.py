@@ -143,9 +143,68 @@ def test_one_patch_transfers_a_small_fraction(tmp_path, fake_hub):
     assert (opened + fetched) / total < 0.05
 
 
+def _rendered_he_store(path: Path, side: int, chunk: int) -> Path:
+    """A store holding a generated H&E image of about ``side``² (tissue and white background, as
+    :func:`stimage_sd.datasets.make_slide` renders it), written by the converter's pyramid writer
+    (:func:`stimage_sd.io._pyramid.multiscale_image`, its codec) at ``chunk``² chunks."""
+    import dask.array as da
+    import spatialdata as sd
+
+    import stimage_sd as ssd
+    from stimage_sd.datasets import SlideSpec
+    from stimage_sd.datasets._geometry import build_layout
+    from stimage_sd.datasets._image import ImageRenderer
+    from stimage_sd.io._pyramid import multiscale_image
+
+    spec = SlideSpec("GSE000003_GSM0000030", "Visium", um_per_px=6650 / side)
+    renderer = ImageRenderer(spec, build_layout(spec))
+    h, w = renderer.height, renderer.width
+
+    def tile(block_info=None):
+        (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
+        return renderer.pixels(y0, x0, y1 - y0, x1 - x0)
+
+    rgb = da.map_blocks(tile, dtype=np.uint8, chunks=(da.core.normalize_chunks(chunk, (h,))[0],
+                                                       da.core.normalize_chunks(chunk, (w,))[0], (3,)))
+    image = multiscale_image(rgb.transpose(2, 0, 1), chunk=chunk)
+    return ssd.io.write(sd.SpatialData(images={"he": image}), path)
+
+
+@pytest.mark.slow
+def test_one_patch_of_a_rendered_slide_transfers_a_small_fraction(tmp_path, fake_hub):
+    """As above with realistic content: white background compresses to little, so tissue chunks
+    are larger than average. The 224 px patch sits on the largest level-0 chunk and spans 3 x 3
+    chunks of 128² (at the converter's 1024² chunks of a 20k² image it spans 1-4 of 400)."""
+    import stimage_sd as ssd
+
+    folder = tmp_path / "served"
+    store = _rendered_he_store(folder / "he.zarr", side=2560, chunk=128)
+    total = _tree_bytes(store)
+    level0 = store / "images" / "he" / "s0"
+    biggest = max((p for p in level0.rglob("*") if p.is_file() and p.name != "zarr.json"), key=lambda p: p.stat().st_size)
+    cy, cx = (int(v) for v in biggest.relative_to(level0).parts[-2:])
+    y0, x0 = cy * 128 + 100, cx * 128 + 100
+    hub = fake_hub(folder, repo_id=REPO)
+    sdata = ssd.io.read(f"hf://datasets/{REPO}/he.zarr")
+    opened = hub.bytes_sent()
+    hub.clear()
+    img = sdata.images["he"]["scale0"]["image"]
+    assert img.shape[1] >= 2500 and img.shape[2] >= 2500
+    patch = img[:, y0 : y0 + 224, x0 : x0 + 224].values
+    fetched = hub.bytes_sent()
+    local = np.asarray(ssd.io.read(store).images["he"]["scale0"]["image"][:, y0 : y0 + 224, x0 : x0 + 224])
+    np.testing.assert_array_equal(patch, local)
+    assert patch.shape == (3, 224, 224) and patch.std() > 10  # tissue, not background
+    print(f"store {total} B, open {opened} B ({opened / total:.2%}), patch {fetched} B ({fetched / total:.2%})")
+    assert (opened + fetched) / total < 0.05
+
+
 @pytest.mark.slow
 def test_one_gene_of_a_100k_bin_table(tmp_path, fake_hub):
-    """Reading the table only never touches shapes or image; X is CSR, so one gene costs the whole X."""
+    """Reading the table only never touches shapes or image; X is CSR, so one gene costs the whole X.
+
+    (The gene index is the cheap way: :func:`test_one_gene_through_the_gene_index`.)
+    """
     import anndata as ad
     import scipy.sparse as sp
     import spatialdata as sd
@@ -185,6 +244,48 @@ def test_one_gene_of_a_100k_bin_table(tmp_path, fake_hub):
     assert not [p for p in got if ("/images/" in p or "/shapes/" in p) and not p.endswith("zarr.json")]
     print(f"sizes {sizes}; fetched {fetched} B = {fetched / sizes['tables']:.2f} x the table")
     assert fetched < 1.25 * sizes["tables"] + 64 * 1024
+
+
+@pytest.mark.slow
+def test_one_gene_through_the_gene_index(hd_store, tmp_path, fake_hub):
+    """Open a 100k-bin HD store and read one gene for all bins: < 5 % of the store's bytes.
+
+    The store has no image (a converted HD slide's image would make the fraction far smaller):
+    table, shapes and gene index only. Both the densest gene and a median one, over ``hf://``
+    (HfFileSystem) and plain ``https://``-style URLs (fsspec's HTTPFileSystem); every byte the
+    fake Hub sends is counted (metadata, obs/var, listings included). Oracle: ``X[:, gene]`` of
+    :func:`spatialdata.read_zarr` on the local copy.
+    """
+    import spatialdata as sd
+
+    import stimage_sd as ssd
+
+    folder = tmp_path / "served"
+    store = folder / hd_store.name
+    shutil.copytree(hd_store, store)
+    total = _tree_bytes(store)
+    local = sd.read_zarr(store).tables["table"]
+    assert local.n_obs >= 100_000
+    per_gene = np.diff(local.X.tocsc().indptr)
+    dense, median = int(np.argmax(per_gene)), int(np.argsort(per_gene)[len(per_gene) // 2])
+    hub = fake_hub(folder, repo_id=REPO)
+    urls = (f"hf://datasets/{REPO}/{store.name}", _url(hub, store.name))
+    for j in (dense, median):
+        gene = str(local.var_names[j])
+        for url in urls:
+            hub.clear()
+            got = ssd.io.read_genes(url, gene)
+            fetched = hub.bytes_sent()
+            assert got.shape == (local.n_obs, 1) and got.obs.equals(local.obs)
+            assert (got.X != local.X[:, [j]]).nnz == 0
+            pulled = [p for p in hub.downloads() if "/tables/table/X/" in p or "/shapes/" in p]
+            assert not pulled, pulled  # opening does not pull the table's matrix
+            print(f"{url.split(':')[0]} gene {gene} ({per_gene[j]} bins): {fetched} B of {total} "
+                  f"= {fetched / total:.2%}")
+            assert fetched / total < 0.05
+    hub.clear()
+    ssd.io.read(urls[0], selection=("tables",))
+    print(f"whole table read instead: {hub.bytes_sent()} B = {hub.bytes_sent() / total:.1%} of the store")
 
 
 def _url(hub, path: str) -> str:

@@ -184,7 +184,7 @@ def convert_many(
     progress
         Show a progress bar over slides and input bytes (``None``: the global setting).
     **kwargs
-        Passed to :func:`convert_slide` (``checksums``, ``max_pixels``, ...).
+        Passed to :func:`convert_slide` (``checksums``, ``gene_index``, ``max_pixels``, ...).
 
     Returns
     -------

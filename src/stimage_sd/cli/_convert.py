@@ -56,6 +56,11 @@ def convert(
     tech: list[str] = typer.Option(None, "--tech", "-t", help="Only slides of this technology: ST, Visium or VisiumHD (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Re-convert slides whose store is already complete."),
     checksums: bool = typer.Option(True, "--checksums/--no-checksums", help="Record SHA-256 checksums of the source files."),
+    gene_index: bool = typer.Option(
+        True, "--gene-index/--no-gene-index",
+        help="Write the gene index (a gene-major copy of the raw counts: reading a few genes, e.g. from the Hub, "
+        "then skips the table's matrix; about as many bytes again as the counts).",
+    ),
     workers: int | None = typer.Option(
         None, "--workers", "-w", min=0,
         help="Worker processes of a local dask cluster. Default: one per CPU core (at most one per slide; "
@@ -110,6 +115,7 @@ def convert(
     results = convert_many(
         root, out, ids, workers=workers, scheduler=scheduler, memory_limit=memory_limit,
         threads_per_worker=threads_per_worker, overwrite=overwrite, retry_failed=retry_failed, checksums=checksums,
+        gene_index=gene_index,
     )
     _print_batch_summary(results, out, time.perf_counter() - t0, retry_failed=retry_failed)
     _report_failures(results)

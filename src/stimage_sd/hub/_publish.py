@@ -46,6 +46,10 @@ _CONTRACT = """| element | name | content |
 - `table.X`: raw counts, CSR, int32 when integral else float32; `obs` index = the release's
   spot ids; `var` index = unique gene names (original names in `var["gene_name"]`);
   `obsm["spatial"]` = pixel centres `[x, y]`.
+- `gene_index/table`: the same raw counts gene-major (an AnnData, X CSC, in anndata's
+  encoding; not a SpatialData element): `ssd.io.read_genes(url, ["GENE"])` reads a few genes
+  for every spot without the table's matrix (absent from stores converted with
+  `--no-gene-index`).
 - `attrs["stimage"]` / `table.uns["stimage"]`: slide id, tech, species, tissue, pmid, title,
   spot radius, µm/px estimate and method, source files with sizes and checksums, and a
   completion marker (`complete`) written last."""
@@ -166,6 +170,8 @@ def dataset_card(repo_id: str, manifest: dict[str, Any]) -> str:
         "import stimage_sd as ssd",
         f'sdata = ssd.io.read("hf://datasets/{repo_id}/{next(iter(slides), "<slide>")}.zarr")',
         "# table and shapes are read; image chunks are fetched only when used",
+        f'genes = ssd.io.read_genes("hf://datasets/{repo_id}/{next(iter(slides), "<slide>")}.zarr", ["<GENE>"])',
+        "# a few genes for every spot, from the store's gene index: a few chunks, not the table",
         "```",
         "",
         "## Data contract (one store per slide)",

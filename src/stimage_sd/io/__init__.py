@@ -3,7 +3,7 @@
 Readers of single release files (:func:`read_coords`, :func:`read_counts`,
 :func:`read_image`, :func:`read_annotation`, :func:`read_metadata`), the slide-level
 converter (:func:`read_slide`, :func:`convert_slide`), store I/O (:func:`write`,
-:func:`read`, :func:`is_complete`, :func:`validate`), the cohort table over many
+:func:`read`, :func:`read_genes`, :func:`is_complete`, :func:`validate`), the cohort table over many
 stores (:func:`read_cohort`) and the crash-safe table swap
 (:func:`replace_table`, :func:`recover_store`).
 
@@ -19,6 +19,7 @@ from ._cohort import harmonise_gene_names, normalise_symbol, read_cohort
 from ._convert import convert_slide, store_path
 from ._coords import read_coords
 from ._counts import Counts, read_counts
+from ._gene_index import read_genes
 from ._header import ImageHeader, read_image_header
 from ._ids import study_of
 from ._image import read_image, sniff_image_format, to_rgb8
@@ -51,6 +52,7 @@ __all__ = [
     "read_cohort",
     "read_coords",
     "read_counts",
+    "read_genes",
     "read_image",
     "read_image_header",
     "read_metadata",

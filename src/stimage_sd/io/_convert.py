@@ -61,6 +61,7 @@ def convert_slide(
     *,
     overwrite: bool = False,
     lock_timeout: float | None = 600.0,
+    gene_index: bool = True,
     **kwargs: Any,
 ) -> Path:
     """Convert one slide into ``<out_dir>/<slide>.zarr``.
@@ -83,6 +84,11 @@ def convert_slide(
         Seconds to wait while another live run (e.g. ``stimage-sd analyze``) holds the
         store's lock (``.<slide>.zarr.lock``); then :class:`~stimage_sd.errors.LockedError`
         naming that run. ``None`` waits as long as it runs.
+    gene_index
+        Also write the gene index, a gene-major copy of the raw counts that lets
+        :func:`stimage_sd.io.read_genes` read a few genes without the whole table (remote
+        stores above all); it costs about as many bytes again as the table's counts
+        (:doc:`/remote` gives measured figures). Without it the store still reads everywhere.
     **kwargs
         Passed to :func:`stimage_sd.io.read_slide` (``tech``, ``shape``, ``max_pixels``,
         ``checksums``, ``progress``, ...).
@@ -110,6 +116,6 @@ def convert_slide(
             logger.info("%s: already converted (%s); skipped", slide, dest)
             return dest
         sdata = read_slide(root, slide, **kwargs)
-        write(sdata, dest, overwrite=True)
+        write(sdata, dest, overwrite=True, gene_index=gene_index)
     logger.info("%s: written to %s", slide, dest)
     return dest

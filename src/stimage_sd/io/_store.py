@@ -25,13 +25,16 @@ if TYPE_CHECKING:
 __all__ = ["read", "resolve_stores", "write"]
 
 
-def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> Path:
+def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False, gene_index: bool = True) -> Path:
     """Write a SpatialData object atomically, with a completion marker written last.
 
-    The store is written to a temporary sibling (``.<name>.tmp-<id>``); content checksums
-    of the raw counts of each table and of every level of the converter's images are
-    recorded in ``attrs["stimage"]["checksums"]`` (:mod:`stimage_sd.io._checksums`), which
-    :func:`~stimage_sd.io.validate` checks; the completion
+    The store is written to a temporary sibling (``.<name>.tmp-<id>``); with ``gene_index``
+    each table whose raw counts are CSR also gets its gene index, a gene-major copy of the
+    raw counts beside the SpatialData elements (``gene_index/<table>``, read by
+    :func:`~stimage_sd.io.read_genes`; :mod:`stimage_sd.io._gene_index`); content checksums
+    of the raw counts of each table, of each gene index and of every level of the
+    converter's images are recorded in ``attrs["stimage"]["checksums"]``
+    (:mod:`stimage_sd.io._checksums`), which :func:`~stimage_sd.io.validate` checks; the completion
     marker (``attrs["stimage"]["complete"]``) is set after every element is on disk;
     then the folder is renamed into place. A reader therefore never sees a half-written
     store under ``path``, and a store without the marker is never taken as a result.
@@ -49,6 +52,9 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
         Destination ``.zarr`` folder.
     overwrite
         Replace an existing store at ``path``.
+    gene_index
+        Write the gene index of each table (about as many bytes again as the table's raw
+        counts; see :doc:`/remote`).
 
     Returns
     -------
@@ -72,10 +78,10 @@ def write(sdata: SpatialData, path: str | Path, *, overwrite: bool = False) -> P
     """
     path = Path(path)
     with store_lock(path, "write"):
-        return _write(sdata, path, overwrite)
+        return _write(sdata, path, overwrite, gene_index)
 
 
-def _write(sdata: SpatialData, path: Path, overwrite: bool) -> Path:
+def _write(sdata: SpatialData, path: Path, overwrite: bool, gene_index: bool = True) -> Path:
     if path.exists() and not overwrite:
         raise StimageError(f"{path} already exists (use overwrite=True to replace it)")
     attrs = dict(sdata.attrs.get(UNS_KEY, {}))
@@ -83,6 +89,8 @@ def _write(sdata: SpatialData, path: Path, overwrite: bool) -> Path:
     sdata.attrs[UNS_KEY] = attrs
     with atomic_path(path) as tmp:  # an existing store is swapped out through a trash sibling
         record = _write_elements(sdata, tmp)
+        if gene_index:
+            _write_gene_indexes(record, sdata, tmp)
         _update_root_attrs(tmp, {CHECKSUM_KEY: record})
         set_marker(tmp, True)
     sdata.attrs[UNS_KEY][MARKER] = True
@@ -118,6 +126,21 @@ def _write_elements(sdata: SpatialData, tmp: Path) -> dict:
     consolidate(tmp)
     _record_tables(record, sdata, tmp)
     return record
+
+
+def _write_gene_indexes(record: dict, sdata: SpatialData, store: Path) -> None:
+    """Write the gene index of every table with CSR raw counts, then re-consolidate the metadata."""
+    from .._utils import raw_counts
+    from ._gene_index import write_gene_index
+
+    written = {}
+    for key, table in sdata.tables.items():
+        entry = write_gene_index(store, key, raw_counts(table), table.obs_names, table.var_names)
+        if entry is not None:
+            written[key] = entry
+    if written:
+        record["gene_index"] = written
+        consolidate(store)
 
 
 def _record_tables(record: dict, sdata: SpatialData, store: Path) -> None:

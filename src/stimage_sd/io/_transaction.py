@@ -40,6 +40,12 @@ Protocol for ``S = <slide>.zarr`` and its element ``S/tables/table``:
    zarr writes it to a temporary file and renames it).
 3. Rename ``S/tables/table`` to the sibling ``.<slide>.zarr.trash-table-<id>``, then the
    new element into ``S/tables/table`` (two atomic renames on one file system).
+   The table's gene index (``S/gene_index/table``, :mod:`stimage_sd.io._gene_index`) is kept
+   as it is when the new table's raw counts may be a subset of it (spots or genes filtered:
+   the reader aligns by spot id and gene name). Otherwise a new index was written in step 1
+   next to the new table, the journal says so (``index``, ``trash_index``), and the old
+   index is renamed to ``.<slide>.zarr.trash-index-<id>`` and the new one into place here,
+   after the table (or the old one only moved away, when the new raw counts are not CSR).
 4. Re-consolidate ``S``'s Zarr metadata (atomic rewrite of ``zarr.json``), then set
    ``complete = True`` and drop the journal (atomic rewrite), then delete the trash.
 
@@ -47,7 +53,8 @@ Between 2 and 4 the store has no completion marker, so :func:`stimage_sd.io.read
 refuses it and :func:`stimage_sd.io.is_complete` is false. :func:`recover_store` then
 finishes the swap from the journal: if ``tables/table`` is missing it moves the new
 table in (it was complete before the journal was written) or, failing that, the old one
-back; then it re-consolidates and restores the marker. ``stimage-sd analyze`` calls it
+back; it does the same for a journaled gene index (new index with the new table, old index
+with the old table); then it re-consolidates and restores the marker. ``stimage-sd analyze`` calls it
 on every store before reading. Interrupted writes leave siblings named like those of
 :func:`stimage_sd.io.write` (``.<name>.tmp-*``, ``.<name>.trash-*``), which
 :func:`cleanup_partial` and :func:`recover_store` remove.
@@ -90,6 +97,7 @@ from .._constants import TABLE_KEY, UNS_KEY
 from .._logging import logger
 from ..errors import IncompleteStoreError, LockedError, StimageError
 from ._checksums import CHECKSUM_KEY, SCHEME, table_record
+from ._gene_index import GENE_INDEX, index_mismatch, write_gene_index
 
 __all__ = [
     "MARKER",
@@ -329,7 +337,7 @@ def journaled_siblings(path: str | Path) -> set[str]:
     pending = store_attrs(path).get(PENDING_KEY) if Path(path).is_dir() else None
     if not isinstance(pending, dict):
         return set()
-    return {str(pending[k]) for k in ("tmp", "trash") if pending.get(k)}
+    return {str(pending[k]) for k in ("tmp", "trash", "trash_index") if pending.get(k)}
 
 
 def glob_escape(name: str) -> str:
@@ -370,9 +378,10 @@ def cleanup_partial(path: str | Path) -> list[Path]:
 
 def _remove_stale_table_siblings(path: Path, keep: frozenset[str] = frozenset()) -> None:
     for tag in (TMP_TAG, TRASH_TAG):
-        for p in path.parent.glob(f".{glob_escape(sibling_stem(path))}{tag}table-*"):
-            if p.name not in keep:
-                shutil.rmtree(p, ignore_errors=True)
+        for kind in ("table", "index"):
+            for p in path.parent.glob(f".{glob_escape(sibling_stem(path))}{tag}{kind}-*"):
+                if p.name not in keep:
+                    shutil.rmtree(p, ignore_errors=True)
 
 
 def _update_root_attrs(path: Path, changes: dict[str, Any]) -> None:
@@ -458,12 +467,20 @@ def _recover(path: Path) -> str:
             outcome = "rolled_back"
         else:
             raise IncompleteStoreError(f"{path}: table {table_key!r} is missing and cannot be recovered")
+    trash_index = path.parent / pending["trash_index"] if pending.get("trash_index") else None
+    if pending.get("index") and trash_index is not None:
+        if outcome != "rolled_back" and swapped:  # the new table is in place: its index too
+            _swap_index(path, table_key, tmp, trash_index, str(pending["index"]))
+        elif not (path / GENE_INDEX / table_key).exists() and trash_index.is_dir():
+            os.replace(trash_index, path / GENE_INDEX / table_key)  # the old table's index back
     consolidate(path)
     changes: dict[str, Any] = {MARKER: True, PENDING_KEY: None}
     if outcome != "rolled_back" and swapped and isinstance(pending.get("checksums"), dict):
         changes[CHECKSUM_KEY] = pending["checksums"]  # the new table is in place
     _update_root_attrs(path, changes)
     shutil.rmtree(trash, ignore_errors=True)
+    if trash_index is not None:
+        shutil.rmtree(trash_index, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     _remove_stale_table_siblings(path)
     logger.warning("%s: interrupted table replacement repaired (%s)", path.name, outcome)
@@ -520,10 +537,12 @@ def _replace_table(path: Path, table: Any, table_key: str) -> Path:
     _remove_stale_table_siblings(path)
     tmp = temp_sibling(path, TMP_TAG, "table")
     trash = temp_sibling(path, TRASH_TAG, "table")
+    trash_index = temp_sibling(path, TRASH_TAG, "index")
     element = path / "tables" / table_key
     try:
         _write_table_store(table, tmp, table_key)  # 1
         entry = table_record(table, tmp / "tables" / table_key)
+        index_plan, index_entry = _index_plan(path, table, table_key, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -536,11 +555,21 @@ def _replace_table(path: Path, table: Any, table_key: str) -> Path:
         else:
             tables[table_key] = entry
         checksums.update({"scheme": checksums.get("scheme", SCHEME), "tables": tables})
+        if index_plan is not None:
+            journal.update({"index": index_plan, "trash_index": trash_index.name})
+            indexes = dict(checksums.get("gene_index") or {})
+            if index_entry is None:
+                indexes.pop(table_key, None)
+            else:
+                indexes[table_key] = index_entry
+            checksums["gene_index"] = indexes
         journal["checksums"] = checksums  # recover_store records them when it rolls forward
         _update_root_attrs(path, {MARKER: False, PENDING_KEY: journal})  # 2
         if element.exists():  # 3
             os.replace(element, trash)
         os.replace(tmp / "tables" / table_key, element)
+        if index_plan is not None:
+            _swap_index(path, table_key, tmp, trash_index, index_plan)
         consolidate(path)  # 4
         _update_root_attrs(
             path,
@@ -560,8 +589,42 @@ def _replace_table(path: Path, table: Any, table_key: str) -> Path:
     finally:
         if not store_attrs(path).get(PENDING_KEY):
             shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(trash_index, ignore_errors=True)
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _index_plan(path: Path, table: Any, table_key: str, tmp: Path) -> tuple[str | None, dict | None]:
+    """What a table swap does with the table's gene index, and the new index's checksum entry.
+
+    ``None`` (keep it: the new raw counts may be a subset of it), ``"rewrite"`` (a new index
+    was written into ``tmp``) or ``"drop"`` (the new raw counts are not CSR: no index).
+    """
+    from .._utils import raw_counts
+
+    index_dir = path / GENE_INDEX / table_key
+    if not index_dir.is_dir():
+        return None, None
+    counts = raw_counts(table)
+    why = index_mismatch(index_dir, counts, table.obs_names, table.var_names)
+    if why is None:
+        return None, None
+    entry = write_gene_index(tmp, table_key, counts, table.obs_names, table.var_names)
+    logger.warning("%s: the gene index does not hold the new table's raw counts (%s); %s", path.name, why,
+                   "writing a new one with the table" if entry is not None else "removing it")
+    return ("rewrite" if entry is not None else "drop"), entry
+
+
+def _swap_index(path: Path, table_key: str, tmp: Path, trash_index: Path, plan: str) -> None:
+    """Step 3 for the gene index: the old one to ``trash_index``, the new one (``plan == "rewrite"``) in."""
+    index_dir = path / GENE_INDEX / table_key
+    new = tmp / GENE_INDEX / table_key
+    if plan == "rewrite" and not new.is_dir():
+        return  # already moved in
+    if index_dir.exists() and not trash_index.exists():
+        os.replace(index_dir, trash_index)
+    if plan == "rewrite":
+        os.replace(new, index_dir)
 
 
 # --------------------------------------------------------------------------- locks

@@ -29,6 +29,7 @@ from .._constants import (
 )
 from .._logging import logger
 from ..errors import StimageError
+from ._gene_index import GENE_INDEX
 
 __all__ = ["Problem", "ValidationReport", "validate"]
 
@@ -47,7 +48,7 @@ class Problem:
     check
         What was checked: ``"store"``, ``"marker"``, ``"elements"``, ``"table"``,
         ``"shapes"``, ``"image"``, ``"link"``, ``"coordinates"``, ``"metadata"``,
-        ``"scale"`` or, against
+        ``"scale"``, ``"gene_index"`` or, against
         the release files, ``"source"``, ``"spots"``, ``"genes"``, ``"counts"``.
     message
         What is wrong, naming the spot, gene or element.
@@ -140,8 +141,11 @@ def validate(
       ends at the number of values, indices inside the matrix (strictly increasing within
       each row of the raw counts), and no missing chunk file;
     - **checksums** (``checksums=True``): the content checksums recorded when the store was
-      written (:mod:`stimage_sd.io._checksums`): raw counts of each table, every image
-      level (read one chunk at a time), chunk files present;
+      written (:mod:`stimage_sd.io._checksums`): raw counts of each table, each gene index,
+      every image level (read one chunk at a time), chunk files present;
+    - **gene_index**: the gene index of each table (``gene_index/<table>``, when the store has
+      one; :func:`~stimage_sd.io.read_genes`) holds every spot and gene of the table and (with
+      ``checksums``) its counts equal the table's raw counts, compared gene block by gene block;
     - **marker**: the completion marker ``attrs["stimage"]["complete"]`` is set;
     - **elements**: image ``"he"`` (when the slide was converted with its image), shapes
       ``"spots"`` and table ``"table"`` exist and pass the SpatialData model validation;
@@ -181,12 +185,14 @@ def validate(
     path
         A ``.zarr`` store written by :func:`~stimage_sd.io.convert_slide`, or its fsspec URL
         (``hf://``, ``s3://``, ``https://``; the store checks read metadata, table, shapes and
-        the smallest image level only).
+        the smallest image level only: structure, checksums, gene index and pixels are
+        checked on local stores).
     source
         Dataset root in the release layout, to compare with.
     checksums
-        Check the content checksums recorded in the store and, with ``source``, the SHA-256
-        of the release files (sizes are always compared).
+        Check the content checksums recorded in the store, the gene index's counts against the
+        table's and, with ``source``, the SHA-256 of the release files (sizes are always
+        compared).
     progress
         Progress bar while streaming the count file (``None``: the global setting).
     storage_options
@@ -276,6 +282,11 @@ def validate(
     if checksums and not remote:
         with _guard(report, "checksums"):
             _check_checksums(report, path, attrs, sdata, damaged)
+    if not remote:
+        for key, tbl in sdata.tables.items():
+            if (path / GENE_INDEX / key).is_dir() and key not in damaged and f"{GENE_INDEX}/{key}" not in damaged:
+                with _guard(report, "gene_index"):
+                    _check_gene_index(report, path / GENE_INDEX / key, tbl, key, values=checksums)
 
     if source is not None and table is not None:
         with _guard(report, "source"):
@@ -723,7 +734,7 @@ def structure_problems(path: str | Path) -> list[str]:
 
 
 def _check_structure(report: ValidationReport, path: Path) -> set[str]:
-    """Check every sparse matrix of every table from its Zarr arrays; return the damaged tables.
+    """Check every sparse matrix of every table and gene index from its Zarr arrays; return the damaged ones.
 
     Runs before anything hands the arrays to native code: ``indptr`` starts at 0, never
     decreases and ends at the number of stored values; ``indices`` lie in the minor
@@ -733,6 +744,14 @@ def _check_structure(report: ValidationReport, path: Path) -> set[str]:
     """
     tables = path / "tables"
     damaged: set[str] = set()
+    index = path / GENE_INDEX
+    if index.is_dir():
+        for idir in sorted(q for q in index.iterdir() if q.is_dir() and not q.name.startswith(".")):
+            problems = _csr_problems(idir / "X", sorted_rows=True) if (idir / "X").is_dir() else ["no matrix X"]
+            for msg in problems:
+                report.add("structure", f"gene index {idir.name!r} X: {msg}")
+            if problems:
+                damaged.add(f"{GENE_INDEX}/{idir.name}")
     if not tables.is_dir():
         return damaged
     for tdir in sorted(q for q in tables.iterdir() if q.is_dir() and not q.name.startswith(".")):
@@ -774,7 +793,7 @@ def _csr_problems(node: Path, *, sorted_rows: bool) -> list[str]:
             continue
         found = stored_chunks(adir)
         if found is not None and arr.size:
-            grid = chunk_grid(arr.shape, arr.chunks)
+            grid = chunk_grid(arr.shape, arr.shards or arr.chunks)  # a file per shard when sharded
             absent = sorted(set(itertools.product(*(range(n) for n in grid))) - found)
             if absent:
                 problems.append(f"{len(absent)} of {int(np.prod(grid))} chunk file(s) of {part!r} missing on disk "
@@ -816,7 +835,8 @@ def _csr_problems(node: Path, *, sorted_rows: bool) -> list[str]:
             if not step.all():
                 pos = int(np.flatnonzero(~step)[0]) + 1
                 row = int(np.searchsorted(ip, pos, side="right")) - 1
-                problems.append(f"indices are not strictly increasing within row {row} (position {pos}): "
+                major = "row" if axis == 0 else "column"
+                problems.append(f"indices are not strictly increasing within {major} {row} (position {pos}): "
                                 "duplicated or unsorted entries")
     return problems
 
@@ -831,6 +851,7 @@ def _check_checksums(report: ValidationReport, path: Path, attrs: dict, sdata: A
     from ._checksums import (
         CHECKSUM_KEY,
         SCHEME,
+        SparseDigest,
         chunk_grid,
         csr_digest,
         level_digest,
@@ -864,6 +885,27 @@ def _check_checksums(report: ValidationReport, path: Path, attrs: dict, sdata: A
         if csr_digest(X) != entry.get("digest"):
             report.add("checksums", f"table {key!r}: raw counts ({loc}) differ from those written "
                        "(checksum of the decoded matrix; changed bytes on disk?)")
+    for key, entry in (rec.get("gene_index") or {}).items():
+        idir = path / GENE_INDEX / key
+        if not (idir / "X").is_dir():
+            report.add("checksums", f"gene index {key!r} has recorded checksums but is missing "
+                       "(convert the slide again, or read_genes reads the whole table)")
+            continue
+        if f"{GENE_INDEX}/{key}" in damaged:
+            continue
+        for part, n in (entry.get("chunks") or {}).items():
+            found = stored_chunks(idir / "X" / part)
+            if found is not None and len(found) < int(n):
+                report.add("checksums", f"gene index {key!r} X/{part}: {int(n) - len(found)} shard file(s) missing "
+                           f"(written {n}, found {len(found)})")
+        try:
+            digest = SparseDigest.of_group(zarr.open_group(str(idir / "X"), mode="r"))
+        except Exception as e:  # a chunk's CRC-32C or codec failed: damaged bytes
+            report.add("checksums", f"gene index {key!r}: cannot be decoded ({type(e).__name__}: {e})")
+            continue
+        if digest != entry.get("digest"):
+            report.add("checksums", f"gene index {key!r}: counts differ from those written "
+                       "(checksum of the decoded matrix; changed bytes on disk?)")
     for name, levels in (rec.get("images") or {}).items():
         for level, entry in sorted((levels or {}).items()):
             adir = path / "images" / name / level
@@ -888,6 +930,64 @@ def _check_checksums(report: ValidationReport, path: Path, attrs: dict, sdata: A
             elif digest != entry.get("digest"):
                 report.add("checksums", f"image {name!r} level {level}: pixels differ from those written "
                            "(checksums of the decoded chunks; changed or missing chunk files)")
+
+
+def _check_gene_index(report: ValidationReport, index_dir: Path, table: Any, key: str, *, values: bool) -> None:
+    """The gene index covers the table's spots and genes and (``values``) holds the same raw counts.
+
+    Compared gene block by gene block (bounded memory), against the raw counts in memory.
+    """
+    import scipy.sparse as sp
+    import zarr
+    from anndata.io import read_elem, sparse_dataset
+
+    from ._gene_index import WRITE_BLOCK
+
+    group = zarr.open_group(str(index_dir), mode="r")
+    spots, genes = read_elem(group["obs"]).index, read_elem(group["var"]).index
+    rows, cols = spots.get_indexer(table.obs_names), genes.get_indexer(table.var_names)
+    what = f"gene index {key!r}"
+    if (rows < 0).any():
+        report.add("gene_index", f"{what}: {int((rows < 0).sum())} spot(s) of the table are not in it: "
+                   f"{_listing(list(table.obs_names[rows < 0]))}; read_genes reads the whole table")
+    if (cols < 0).any():
+        report.add("gene_index", f"{what}: {int((cols < 0).sum())} gene(s) of the table are not in it: "
+                   f"{_listing(list(table.var_names[cols < 0]))}; read_genes reads the whole table")
+    if (rows < 0).any() or (cols < 0).any() or not values:
+        return
+    R = raw_counts(table)
+    if not sp.issparse(R):
+        return  # the table check says what is wrong
+    R = R.tocsr()
+    ds = sparse_dataset(group["X"])
+    if tuple(ds.shape) != (len(spots), len(genes)):
+        report.add("gene_index", f"{what}: X is {tuple(ds.shape)}, its obs/var {len(spots)} x {len(genes)}")
+        return
+    indptr = np.asarray(group["X/indptr"][...], dtype=np.int64)
+    per_gene = np.diff(indptr)[cols]
+    bad: list[str] = []
+    n_bad = n_values = 0
+    j0 = 0
+    while j0 < len(cols):
+        j1 = int(np.searchsorted(np.cumsum(per_gene[j0:]), WRITE_BLOCK, side="right")) + j0
+        j1 = min(len(cols), max(j1, j0 + 1))
+        block = cols[j0:j1]
+        mask = np.zeros(len(genes), dtype=bool)
+        mask[block] = True
+        got = ds[:, mask]
+        got = got[:, np.searchsorted(np.flatnonzero(mask), block)][rows, :].tocsc()
+        want = R[:, j0:j1].tocsc()
+        diff = abs(got.astype(np.float64) - want.astype(np.float64)).tocsc()
+        diff.eliminate_zeros()
+        if diff.nnz:
+            per = np.diff(diff.indptr)
+            bad += [str(g) for g in table.var_names[j0:j1][per > 0]]
+            n_bad += int((per > 0).sum())
+            n_values += int(diff.nnz)
+        j0 = j1
+    if n_bad:
+        report.add("gene_index", f"{what}: counts of {n_bad} gene(s) differ from the table's raw counts "
+                   f"({n_values} value(s)): {_listing(bad, n_bad)}")
 
 
 def _check_pixels(report: ValidationReport, root: Path, path: Path, meta: dict, *, progress: bool | None) -> None:

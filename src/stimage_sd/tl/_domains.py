@@ -20,14 +20,14 @@ typing and tissue domain segmentation for scalable spatial omics data analysis",
    requested (as BANKSY does), or KMeans / a tied Gaussian mixture with exactly
    ``n_domains`` components.
 
-The defaults (``λ = 0.8``; KMeans when a number of domains is given, Leiden otherwise;
-30 PCs; 2 hops on ST/Visium and 5 on VisiumHD bins)
-were chosen with ``benchmarks/bench_domains.py`` (weak markers, thin folded layers, blobs
-of varied size, sparse ST arrays, HD bins; results in ``benchmarks/RESULTS.md``): on
-those layouts it is at or above the smoothing baseline (PCs averaged over the spatial
-neighbours twice, then KMeans) except on sparse ST arrays (0.002 ARI below, within seed
-noise), far above non-spatial Leiden, at or above banksy-py, and at or above CellCharter
-except on VisiumHD bins (0.011 below).
+The defaults (``λ = 0.8``; when a number of domains is given KMeans, or a tied Gaussian
+mixture on VisiumHD bins, Leiden otherwise; 30 PCs; 2 hops on ST/Visium and 5 on VisiumHD
+bins) were chosen with ``benchmarks/bench_domains.py`` (weak markers, thin folded layers,
+blobs of varied size, sparse ST arrays, HD bins; 6 seeds; results in
+``benchmarks/RESULTS.md``): on those layouts the mean ARI is at or above the smoothing
+baseline (PCs averaged over the spatial neighbours twice, then KMeans), far above
+non-spatial Leiden, at or above banksy-py, and at or above CellCharter or within 0.01 of
+it (VisiumHD bins).
 
 Every random step is seeded, so the same input and seed give the same domains.
 """
@@ -51,13 +51,18 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-__all__ = ["DEFAULT_HOPS", "DEFAULT_SPATIAL_WEIGHT", "cluster_features", "domains", "neighbourhood_features"]
+__all__ = ["DEFAULT_CLUSTERING", "DEFAULT_HOPS", "DEFAULT_SPATIAL_WEIGHT", "cluster_features", "domains", "neighbourhood_features"]
 
 #: Default ``λ``: share of the feature variance given to the neighbourhood block
 #: (chosen with ``benchmarks/bench_domains.py``).
 DEFAULT_SPATIAL_WEIGHT = 0.8
 #: Default hops of neighbourhood averaging per technology.
 DEFAULT_HOPS = {"ST": 2, "Visium": 2, "VisiumHD": 5}
+#: Default clustering per technology when a number of domains is given (``method="auto"``):
+#: KMeans, except a tied Gaussian mixture on VisiumHD bins (``bench_domains.py``: +0.006
+#: ARI on every seed of ``hd_bins``, within 0.004 of CellCharter; on the smaller ST and
+#: Visium slides the mixture sometimes merges two domains, which KMeans does not).
+DEFAULT_CLUSTERING = {"ST": "kmeans", "Visium": "kmeans", "VisiumHD": "gmm"}
 _MAX_BISECTIONS = 30
 #: Above this many spots the feature kNN graph is approximate (pynndescent).
 _EXACT_KNN_MAX = 30_000
@@ -110,7 +115,7 @@ def neighbourhood_features(z: np.ndarray, adjacency, n_hops: int, spatial_weight
     >>> from scipy import sparse
     >>> from stimage_sd.tl._domains import neighbourhood_features
     >>> z = np.random.default_rng(0).normal(size=(100, 5))
-    >>> ring = sparse.diags([1, 1], [1, -1], shape=(100, 100))
+    >>> ring = sparse.diags([1.0, 1.0], [1, -1], shape=(100, 100))
     >>> f = neighbourhood_features(z, ring, 2, 0.8)
     >>> round(float(f[:, 5:].var(axis=0).sum() / f.var(axis=0).sum()), 3)
     0.8
@@ -259,9 +264,9 @@ def domains(
     n_pcs
         Principal components of the highly variable genes.
     method
-        ``"auto"`` (default): ``"kmeans"`` when ``n_domains`` is given, else
-        ``"leiden"`` at ``resolution`` (with ``batch_key``: the default of
-        :func:`stimage_sd.tl.cohort_domains`). ``"leiden"`` (with a resolution search when
+        ``"auto"`` (default): when ``n_domains`` is given, ``"kmeans"``, or ``"gmm"`` on
+        VisiumHD bins (:data:`DEFAULT_CLUSTERING`); else ``"leiden"`` at ``resolution``
+        (with ``batch_key``: the default of :func:`stimage_sd.tl.cohort_domains`). ``"leiden"`` (with a resolution search when
         ``n_domains`` is given), ``"kmeans"`` or ``"gmm"`` (a Gaussian mixture with a
         covariance matrix shared by the components, ``covariance_type="tied"``); the
         last two need ``n_domains``.
@@ -321,8 +326,9 @@ def domains(
         raise StimageError("tl.domains needs normalised expression: run stimage_sd.pp.normalize first")
     if "X_pca" in (Key.obsm.domain_pca(key_added), Key.obsm.domain_features(key_added)):
         raise ValueError(f"key_added={key_added!r} would overwrite scanpy's obsm['X_pca']; choose another key")
+    tech = slide_info(adata).get("tech")
     if method == "auto":
-        method = "kmeans" if n_domains is not None else "leiden"
+        method = DEFAULT_CLUSTERING.get(tech, "kmeans") if n_domains is not None else "leiden"
     if method in ("kmeans", "gmm") and n_domains is None:
         raise ValueError(f"method={method!r} needs n_domains")
     conn_key = Key.obsp.spatial_conn(graph_key)
@@ -330,7 +336,6 @@ def domains(
         from ._graph import spatial_graph
 
         spatial_graph(adata, key_added=graph_key)
-    tech = slide_info(adata).get("tech")
     hops = int(n_hops) if n_hops is not None else DEFAULT_HOPS.get(tech, 2)
 
     hv = Key.var.highly_variable

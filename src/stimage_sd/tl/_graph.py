@@ -23,6 +23,12 @@ __all__ = ["detect_lattice", "spatial_graph"]
 #: ``_PITCH_TOL`` of the pitch; only a filled grid gets squidpy's grid graph.
 _REGULAR_FRACTION = 0.9
 _PITCH_TOL = 0.1
+#: ... and the spots have, on average, at least this fraction of the full grid's neighbours
+#: (6 on a hexagonal grid, 4 on a square one). A grid with many holes (a legacy ST array with
+#: 30 % of its spots missing: ~2.8 of 4) has most spots next to a hole, where a grid graph
+#: averages over 2-3 spots; a k-NN graph reaches across the holes (``bench_domains.py``).
+_FILLED_FRACTION = 0.8
+_FULL_COORDINATION = {"hex": 6, "square": 4}
 #: Neighbours closer than this multiple of the pitch count towards the coordination number.
 _SHELL = 1.25
 
@@ -45,9 +51,12 @@ def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
     such a lattice, else ``"irregular"``), ``pitch`` (the lattice's fundamental spacing;
     for an irregular layout the median nearest-neighbour distance; same unit as ``xy``),
     ``fraction_on_lattice``, ``regular_fraction`` (spots whose nearest neighbour is within
-    10 % of the pitch), ``dense`` (``regular_fraction`` >= 0.9: the grid is filled, not a
-    sparse subset), ``coordination`` (typical number of neighbours within 1.25 pitches: 6 on
-    a filled hexagonal grid, 4 on a square one) and ``fit`` (the lattice fit as a dict).
+    10 % of the pitch), ``coordination`` (typical number of neighbours within 1.25 pitches: 6 on
+    a filled hexagonal grid, 4 on a square one), ``filled_fraction`` (the mean number of
+    neighbours within 1.25 pitches over the full grid's: 1 on a filled grid, ~0.7 on a square
+    grid with 30 % of its spots missing), ``dense`` (``regular_fraction`` >= 0.9 and
+    ``filled_fraction`` >= 0.8: the grid is filled, not a sparse subset or a grid with many
+    holes) and ``fit`` (the lattice fit as a dict).
 
     Examples
     --------
@@ -64,7 +73,8 @@ def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
     xy = np.asarray(xy, dtype=np.float64)
     n = len(xy)
     out: dict[str, Any] = {"pitch": float("nan"), "regular_fraction": 0.0, "coordination": 0,
-                           "lattice": "irregular", "fraction_on_lattice": 0.0, "dense": False, "fit": {}}
+                           "lattice": "irregular", "fraction_on_lattice": 0.0, "filled_fraction": 0.0, "dense": False,
+                           "fit": {}}
     if n < 3:
         return out
     fit = fit_lattice(xy)
@@ -80,11 +90,14 @@ def detect_lattice(xy: np.ndarray) -> dict[str, Any]:
         return out
     regular = float(np.mean(np.abs(d1 - pitch) <= _PITCH_TOL * pitch))
     counts = (dist[:, 1:] <= _SHELL * pitch).sum(axis=1)
+    kind = fit.kind if on else "irregular"
+    filled = float(np.mean(counts)) / _FULL_COORDINATION[kind] if kind in _FULL_COORDINATION else 0.0
     out.update(
         regular_fraction=regular,
         coordination=int(np.quantile(counts, 0.75)),
-        lattice=fit.kind if on else "irregular",
-        dense=regular >= _REGULAR_FRACTION,
+        lattice=kind,
+        filled_fraction=filled,
+        dense=regular >= _REGULAR_FRACTION and filled >= _FILLED_FRACTION,
     )
     return out
 
@@ -109,9 +122,12 @@ def spatial_graph(
         Uses ``obsm["spatial"]`` (pixels).
     method
         ``"auto"``: squidpy's grid graph (:func:`squidpy.gr.spatial_neighbors_grid`) when
-        the spots form a regular lattice, with 6 neighbours on a hexagonal grid (Visium,
-        staggered ST) and 4 on a square grid (ST, VisiumHD bins); otherwise a
-        k-nearest-neighbour graph (:func:`squidpy.gr.spatial_neighbors_knn`).
+        the spots form a filled lattice (:func:`detect_lattice`'s ``dense``), with 6
+        neighbours on a hexagonal grid (Visium, staggered ST) and 4 on a square grid (ST,
+        VisiumHD bins); otherwise (scattered subsets, grids with many holes such as ST
+        arrays missing 20 % or more of their spots, irregular layouts) a
+        k-nearest-neighbour graph (:func:`squidpy.gr.spatial_neighbors_knn`) with the
+        same number of neighbours, which reaches across the holes.
         ``"grid"``, ``"knn"``, ``"radius"`` (:func:`squidpy.gr.spatial_neighbors_radius`)
         and ``"delaunay"`` (:func:`squidpy.gr.spatial_neighbors_delaunay`) force a
         builder.
