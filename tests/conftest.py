@@ -314,22 +314,23 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return int(env) if env.isdigit() and int(env) > 0 else cpu_count()
 
 
-#: The costliest modules, costliest first (~seconds of one serial run on 2 busy cores).
+#: The costliest modules, costliest first (seconds in CI: 2 workers on 2 cores, timm installed).
 #: Modules are run in this order, then the others in collection order, so that with
 #: ``--dist loadfile`` no long module starts last and leaves the other workers idle.
 HEAVY_MODULES = (
-    "io/test_corpus.py",  # ~210 s
-    "io/test_crash.py",  # ~110-150 s
-    "batch/test_batch.py",  # ~90 s
+    "io/test_crash.py",  # ~180 s
+    "io/test_corpus.py",  # ~170 s
+    "docs/test_notebooks.py",  # ~135 s (04_benchmark_encoders alone ~75 s)
     "docs/test_doctests.py",  # ~75 s
-    "docs/test_notebooks.py",  # ~70 s
-    "io/test_validate.py",  # ~55 s
-    "ml/test_ml.py",  # ~40 s
-    "workflows/test_analyze_cli.py",  # ~37 s
-    "docs/test_docs.py",  # ~35 s
-    "tl/test_analysis.py",  # ~25-35 s
-    "io/test_locks.py",  # ~30 s
-    "io/test_cohort_table.py",  # ~25 s
+    "batch/test_batch.py",  # ~65 s
+    "io/test_validate.py",  # ~45 s
+    "tl/test_analysis.py",  # ~35 s
+    "workflows/test_analyze_cli.py",  # ~33 s
+    "ml/test_ml.py",  # ~32 s
+    "pl/test_viewer.py",  # ~31 s
+    "docs/test_docs.py",  # ~26 s
+    "io/test_locks.py",  # ~24 s
+    "io/test_cohort_table.py",  # ~23 s
 )
 
 

@@ -168,3 +168,11 @@ def test_exceptions_are_public(name):
     import stimage_sd.errors
 
     assert getattr(stimage_sd, name) is getattr(stimage_sd.errors, name)
+
+
+def test_the_costliest_test_modules_named_for_scheduling_exist():
+    """``HEAVY_MODULES`` (the order in which pytest-xdist hands out modules) names real files."""
+    from conftest import HEAVY_MODULES
+
+    missing = [name for name in HEAVY_MODULES if not (REPO / "tests" / name).is_file()]
+    assert not missing, f"moved or renamed? update HEAVY_MODULES in tests/conftest.py: {missing}"
