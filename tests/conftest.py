@@ -315,8 +315,8 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 #: The costliest modules, costliest first (seconds in CI: 2 workers on 2 cores, timm installed).
-#: Modules are run in this order, then the others in collection order, so that with
-#: ``--dist loadfile`` no long module starts last and leaves the other workers idle.
+#: Modules run in this order, then the others in collection order, then LAST_MODULES, so
+#: that with ``--dist loadfile`` no long module starts last and leaves the other workers idle.
 HEAVY_MODULES = (
     "io/test_crash.py",  # ~180 s
     "io/test_corpus.py",  # ~170 s
@@ -327,15 +327,20 @@ HEAVY_MODULES = (
     "tl/test_analysis.py",  # ~35 s
     "workflows/test_analyze_cli.py",  # ~33 s
     "ml/test_ml.py",  # ~32 s
-    "pl/test_viewer.py",  # ~31 s
     "docs/test_docs.py",  # ~26 s
     "io/test_locks.py",  # ~24 s
     "io/test_cohort_table.py",  # ~23 s
 )
+#: Modules run after all the others (~31 s in CI). The headless viewer loads Mesa's OpenGL
+#: driver, and with it a system libLLVM, into the process; importing triton after that (torch
+#: imports it through torch._dynamo where it is installed, e.g. for torchvision, as with CI's
+#: torch build) segfaults the process. Run last, no other module follows it in its process.
+LAST_MODULES = ("pl/test_viewer.py",)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     tests = Path(__file__).resolve().parent
     rank = {tests / name: i for i, name in enumerate(HEAVY_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable: same order within a module
+    rank.update({tests / name: len(HEAVY_MODULES) + 1 for name in LAST_MODULES})
+    items.sort(key=lambda item: rank.get(item.path, len(HEAVY_MODULES)))  # stable: same order within a module
 # ---- end: parallel runs ----
