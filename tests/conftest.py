@@ -317,6 +317,10 @@ def pytest_xdist_auto_num_workers(config) -> int:
 #: The costliest modules, costliest first (seconds in CI: 2 workers on 2 cores, timm installed).
 #: Modules are run in this order, then the others in collection order, so that with
 #: ``--dist loadfile`` no long module starts last and leaves the other workers idle.
+#: Run at the very end of a worker: once napari's PyQt6 is loaded in a process, importing
+#: triton (torch._dynamo, via torchvision/timm in tests/ml) segfaulted a CI worker
+#: (torch 2.14.1, PyQt6 6.11); in the one-process order (ml before pl) it never did.
+LAST_MODULES = ("pl/test_viewer.py",)
 HEAVY_MODULES = (
     "io/test_crash.py",  # ~180 s
     "io/test_corpus.py",  # ~170 s
@@ -327,7 +331,6 @@ HEAVY_MODULES = (
     "tl/test_analysis.py",  # ~35 s
     "workflows/test_analyze_cli.py",  # ~33 s
     "ml/test_ml.py",  # ~32 s
-    "pl/test_viewer.py",  # ~31 s
     "docs/test_docs.py",  # ~26 s
     "io/test_locks.py",  # ~24 s
     "io/test_cohort_table.py",  # ~23 s
@@ -337,5 +340,7 @@ HEAVY_MODULES = (
 def pytest_collection_modifyitems(config, items) -> None:
     tests = Path(__file__).resolve().parent
     rank = {tests / name: i for i, name in enumerate(HEAVY_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path, len(rank)))  # stable: same order within a module
+    # LAST_MODULES after everything else (rank beyond the unranked modules)
+    rank.update({tests / name: len(HEAVY_MODULES) + 1 + i for i, name in enumerate(LAST_MODULES)})
+    items.sort(key=lambda item: rank.get(item.path, len(HEAVY_MODULES)))  # stable: same order within a module
 # ---- end: parallel runs ----
