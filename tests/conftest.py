@@ -315,8 +315,15 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 #: The costliest modules, costliest first (seconds in CI: 2 workers on 2 cores, timm installed).
-#: Modules run in this order, then the others in collection order, then LAST_MODULES, so
-#: that with ``--dist loadfile`` no long module starts last and leaves the other workers idle.
+#: Modules are run in this order, then the others in collection order, so that with
+#: ``--dist loadfile`` no long module starts last and leaves the other workers idle.
+#: Run at the very end of a worker: once napari's PyQt6 is loaded in a process, importing
+#: triton (torch._dynamo, via torchvision/timm in tests/ml) segfaulted a CI worker
+#: (torch 2.14.1, PyQt6 6.11); in the one-process order (ml before pl) it never did. The
+#: headless canvas loads Mesa's OpenGL driver and with it a system libLLVM; triton's own LLVM
+#: loaded after it crashes (`ctypes.CDLL("libLLVM-15.so.1", mode=RTLD_GLOBAL); import triton`
+#: segfaults alone; `pytest -n 0 tests/pl/test_viewer.py tests/ml/test_embed.py` did too).
+LAST_MODULES = ("pl/test_viewer.py",)
 HEAVY_MODULES = (
     "io/test_crash.py",  # ~180 s
     "io/test_corpus.py",  # ~170 s
@@ -331,16 +338,12 @@ HEAVY_MODULES = (
     "io/test_locks.py",  # ~24 s
     "io/test_cohort_table.py",  # ~23 s
 )
-#: Modules run after all the others (~31 s in CI). The headless viewer loads Mesa's OpenGL
-#: driver, and with it a system libLLVM, into the process; importing triton after that (torch
-#: imports it through torch._dynamo where it is installed, e.g. for torchvision, as with CI's
-#: torch build) segfaults the process. Run last, no other module follows it in its process.
-LAST_MODULES = ("pl/test_viewer.py",)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     tests = Path(__file__).resolve().parent
     rank = {tests / name: i for i, name in enumerate(HEAVY_MODULES)}
-    rank.update({tests / name: len(HEAVY_MODULES) + 1 for name in LAST_MODULES})
+    # LAST_MODULES after everything else (rank beyond the unranked modules)
+    rank.update({tests / name: len(HEAVY_MODULES) + 1 + i for i, name in enumerate(LAST_MODULES)})
     items.sort(key=lambda item: rank.get(item.path, len(HEAVY_MODULES)))  # stable: same order within a module
 # ---- end: parallel runs ----

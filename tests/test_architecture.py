@@ -171,8 +171,8 @@ def test_exceptions_are_public(name):
 
 
 def test_the_costliest_test_modules_named_for_scheduling_exist():
-    """``HEAVY_MODULES`` and ``LAST_MODULES`` (the order of the test modules) name real files."""
+    """``HEAVY_MODULES`` (the order in which pytest-xdist hands out modules) names real files."""
     from conftest import HEAVY_MODULES, LAST_MODULES
 
     missing = [name for name in (*HEAVY_MODULES, *LAST_MODULES) if not (REPO / "tests" / name).is_file()]
-    assert not missing, f"moved or renamed? update tests/conftest.py: {missing}"
+    assert not missing, f"moved or renamed? update HEAVY_MODULES in tests/conftest.py: {missing}"
