@@ -127,7 +127,6 @@ def _reads(name: str, folder: Path, slide: str, table, repeat: int) -> list[dict
 
 
 def _patch(side: int, folder: Path) -> dict:
-    import dask.array as da
     import spatialdata as sd
 
     import stimage_sd as ssd
@@ -141,13 +140,7 @@ def _patch(side: int, folder: Path) -> dict:
     spec = SlideSpec("GSE000003_GSM0000030", "Visium", um_per_px=6650 / side)
     renderer = ImageRenderer(spec, build_layout(spec))
     h, w = renderer.height, renderer.width
-
-    def tile(block_info=None):
-        (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-        return renderer.pixels(y0, x0, y1 - y0, x1 - x0)
-
-    rgb = da.map_blocks(tile, dtype=np.uint8, chunks=(da.core.normalize_chunks(chunk, (h,))[0],
-                                                       da.core.normalize_chunks(chunk, (w,))[0], (3,)))
+    rgb = renderer.lazy(chunk)
     t0 = time.perf_counter()
     store = ssd.io.write(sd.SpatialData(images={"he": multiscale_image(rgb.transpose(2, 0, 1), chunk=chunk)}),
                          folder / "he.zarr")

@@ -147,7 +147,6 @@ def _rendered_he_store(path: Path, side: int, chunk: int) -> Path:
     """A store holding a generated H&E image of about ``side``² (tissue and white background, as
     :func:`stimage_sd.datasets.make_slide` renders it), written by the converter's pyramid writer
     (:func:`stimage_sd.io._pyramid.multiscale_image`, its codec) at ``chunk``² chunks."""
-    import dask.array as da
     import spatialdata as sd
 
     import stimage_sd as ssd
@@ -158,15 +157,7 @@ def _rendered_he_store(path: Path, side: int, chunk: int) -> Path:
 
     spec = SlideSpec("GSE000003_GSM0000030", "Visium", um_per_px=6650 / side)
     renderer = ImageRenderer(spec, build_layout(spec))
-    h, w = renderer.height, renderer.width
-
-    def tile(block_info=None):
-        (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
-        return renderer.pixels(y0, x0, y1 - y0, x1 - x0)
-
-    rgb = da.map_blocks(tile, dtype=np.uint8, chunks=(da.core.normalize_chunks(chunk, (h,))[0],
-                                                       da.core.normalize_chunks(chunk, (w,))[0], (3,)))
-    image = multiscale_image(rgb.transpose(2, 0, 1), chunk=chunk)
+    image = multiscale_image(renderer.lazy(chunk).transpose(2, 0, 1), chunk=chunk)
     return ssd.io.write(sd.SpatialData(images={"he": image}), path)
 
 

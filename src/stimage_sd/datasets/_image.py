@@ -281,6 +281,22 @@ class ImageRenderer:
                     px = pad
                 yield px
 
+    def lazy(self, chunk: int):
+        """The whole image as a lazy ``(y, x, 3)`` dask array of ``chunk``-pixel tiles.
+
+        Each tile is rendered when computed, so images far larger than memory (a 20k² slide)
+        can be written tile by tile, e.g. with :func:`stimage_sd.io._pyramid.multiscale_image`.
+        """
+        import dask.array as da
+
+        def tile(block_info=None):
+            (y0, y1), (x0, x1), _ = block_info[None]["array-location"]
+            return self.pixels(y0, x0, y1 - y0, x1 - x0)
+
+        chunks = (da.core.normalize_chunks(chunk, (self.height,))[0],
+                  da.core.normalize_chunks(chunk, (self.width,))[0], (3,))
+        return da.map_blocks(tile, dtype=np.uint8, chunks=chunks)
+
     def full(self) -> np.ndarray:
         """The whole image in memory."""
         return np.concatenate(list(self.strips(self._strip_rows())), axis=0)
